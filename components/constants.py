@@ -1,0 +1,28 @@
+"""The single source of feature, label, class and signature names for the whole project."""
+from typing import Tuple
+
+FEATURE_KEYS: Tuple[str, ...] = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+LABEL_KEY = "species"
+CLASS_NAMES: Tuple[str, ...] = ("setosa", "versicolor", "virginica")
+CSV_COLUMNS: Tuple[str, ...] = FEATURE_KEYS + (LABEL_KEY,)
+
+# Name of the Transform vocabulary that maps species names to integer ids.
+LABEL_VOCABULARY = LABEL_KEY
+
+# SavedModel signatures exported by the Trainer (the serving contract).
+SERVING_SIGNATURE = "serving_default"        # serialized tf.Example -> probabilities, classes, species
+CLASSIFY_SIGNATURE = "classification"        # method tensorflow/serving/classify: inputs -> classes, scores
+RAW_SIGNATURE = "serving_raw"                # the four raw float features -> same outputs as serving_default
+TRANSFORM_SIGNATURE = "transform_features"   # serialized tf.Example -> transformed features (for TFMA)
+
+EXAMPLES_INPUT = "examples"                  # input key of serving_default and transform_features
+CLASSIFY_INPUT = "inputs"                    # TF Serving's input key for classification signatures
+PROBABILITIES_OUTPUT = "probabilities"       # float [batch, num_classes]
+CLASSES_OUTPUT = "classes"                   # string [batch, num_classes], aligned with probabilities/scores
+PREDICTED_OUTPUT = "species"                 # string [batch], the most probable class
+SCORES_OUTPUT = "scores"                     # float [batch, num_classes] in the classification signature
+
+
+def transformed_name(key: str) -> str:
+    """Name of a feature after Transform."""
+    return f"{key}_xf"

@@ -1,0 +1,57 @@
+"""The Keras classifier and the tf.distribute strategy it is built under."""
+import json
+import os
+from typing import List
+
+import tensorflow as tf
+
+from components import constants
+
+
+def build_model(num_classes: int, hidden_units: int = 8, learning_rate: float = 0.01) -> tf.keras.Model:
+    """One hidden layer on the four transformed measurements; softmax over the species ids."""
+    inputs = {
+        constants.transformed_name(key): tf.keras.layers.Input(
+            shape=(), name=constants.transformed_name(key), dtype=tf.float32)
+        for key in constants.FEATURE_KEYS
+    }
+    x = tf.stack(list(inputs.values()), axis=-1)
+    x = tf.keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+    outputs = tf.keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    model = tf.keras.Model(inputs=inputs, outputs=outputs)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(learning_rate),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
+    return model
+
+
+def cluster_workers(tf_config: str) -> List[str]:
+    """Addresses of the chief and workers named by a TF_CONFIG JSON string (empty if none)."""
+    cluster = json.loads(tf_config or "{}").get("cluster", {})
+    return list(cluster.get("chief", [])) + list(cluster.get("worker", []))
+
+
+def select_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
+    """MultiWorkerMirrored if TF_CONFIG names >1 worker, else Mirrored over GPUs (or N logical CPUs), else default."""
+    if len(cluster_workers(os.environ.get("TF_CONFIG", ""))) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()  # all visible GPUs
+    if cpu_replicas > 1:
+        return tf.distribute.MirroredStrategy(logical_cpus(cpu_replicas))
+    return tf.distribute.get_strategy()
+
+
+def logical_cpus(count: int) -> List[str]:
+    """Names of `count` logical CPU devices, splitting the physical CPU if TF is not yet initialised."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) < count:
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+        except RuntimeError as err:  # the runtime is initialised: devices can no longer change
+            raise RuntimeError(
+                f"cannot create {count} logical CPU devices: TensorFlow was initialised before the "
+                f"strategy was chosen ({err}); set cpu_replicas before any TensorFlow work runs") from err
+    return [device.name for device in tf.config.list_logical_devices("CPU")[:count]]

@@ -1,0 +1,145 @@
+"""TFX Trainer run_fn: trains the classifier under the selected strategy and exports the serving model."""
+import dataclasses
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, List
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
+
+from components import constants, model as model_lib
+
+@dataclasses.dataclass
+class Hyperparameters:
+    """Training knobs carried in the Trainer's custom_config (see pipeline.config.TrainingConfig)."""
+    hidden_units: int = 8
+    learning_rate: float = 0.01
+    epochs: int = 100
+    batch_size_per_replica: int = 8
+    seed: int = 42
+    cpu_replicas: int = 0
+
+    @classmethod
+    def from_custom_config(cls, custom_config: Dict[str, Any]) -> "Hyperparameters":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (custom_config or {}).items() if k in known})
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """TFX entry point: train on the transformed train split, export to fn_args.serving_model_dir."""
+    hparams = Hyperparameters.from_custom_config(fn_args.custom_config)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return _dataset(fn_args.data_accessor, fn_args.train_files, tf_transform_output, hparams,
+                        input_context)
+
+    train_and_export(dataset_fn, tf_transform_output, hparams,
+                     fn_args.serving_model_dir, fn_args.model_run_dir)
+
+
+def train_and_export(dataset_fn, tf_transform_output: tft.TFTransformOutput, hparams: Hyperparameters,
+                     serving_model_dir: str, log_dir: str) -> tf.keras.Model:
+    """Seeds, builds the model inside the strategy, fits it, and exports it (chief only under multi-worker)."""
+    if not tf.keras.__name__.startswith("tf_keras"):
+        raise RuntimeError("TFX 1.16 needs Keras 2: install tf-keras and set TF_USE_LEGACY_KERAS=1 before "
+                           f"TensorFlow is imported (tf.keras is {tf.keras.__name__})")
+    tf.keras.utils.set_random_seed(hparams.seed)
+    tf.config.experimental.enable_op_determinism()
+    strategy = model_lib.select_strategy(hparams.cpu_replicas)
+    with strategy.scope():
+        model = model_lib.build_model(
+            num_classes=tf_transform_output.vocabulary_size_by_name(constants.LABEL_VOCABULARY),
+            hidden_units=hparams.hidden_units, learning_rate=hparams.learning_rate)
+    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    model.fit(dataset, epochs=hparams.epochs, verbose=0,
+              callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")])
+    export_dir = _export_dir(strategy, serving_model_dir)
+    export_serving_model(model, tf_transform_output, export_dir)
+    if export_dir != serving_model_dir:
+        shutil.rmtree(export_dir, ignore_errors=True)  # non-chief workers only write to join the collectives
+    return model
+
+
+def _dataset(data_accessor: tfx.components.DataAccessor, file_pattern: List[str],
+             tf_transform_output: tft.TFTransformOutput, hparams: Hyperparameters,
+             input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """One epoch of shuffled (seeded), per-replica batches of this input pipeline's shard."""
+    dataset = data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(
+            batch_size=input_context.get_per_replica_batch_size(
+                hparams.batch_size_per_replica * input_context.num_replicas_in_sync),
+            label_key=constants.transformed_name(constants.LABEL_KEY),
+            shuffle=True, shuffle_seed=hparams.seed, num_epochs=1),
+        tf_transform_output.transformed_metadata.schema)
+    return dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+
+def _export_dir(strategy: tf.distribute.Strategy, serving_model_dir: str) -> str:
+    """The real export dir for the chief (or worker 0), a throwaway temp dir for other workers."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or resolver.task_type == "chief" or (
+            resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict()):
+        return serving_model_dir
+    return tempfile.mkdtemp(prefix=f"{resolver.task_type}-{resolver.task_id}-")
+
+
+def export_serving_model(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
+                         export_dir: str) -> None:
+    """Saves the model with its serving signatures: raw features in, class probabilities and names out."""
+    model.tft_layer = tf_transform_output.transform_features_layer()
+    class_names = tf.constant(tf_transform_output.vocabulary_by_name(constants.LABEL_VOCABULARY))
+    raw_spec = tf_transform_output.raw_feature_spec()
+    serving_spec = {k: v for k, v in raw_spec.items() if k != constants.LABEL_KEY}
+
+    def predict(raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        probabilities = model(model.tft_layer(raw_features))
+        batch = tf.shape(probabilities)[0]
+        return {
+            constants.PROBABILITIES_OUTPUT: probabilities,
+            constants.CLASSES_OUTPUT: tf.tile(class_names[tf.newaxis, :], [batch, 1]),
+            constants.PREDICTED_OUTPUT: tf.gather(class_names, tf.argmax(probabilities, axis=1)),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=constants.EXAMPLES_INPUT)])
+    def serve_examples(examples):
+        return predict(tf.io.parse_example(examples, serving_spec))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=constants.CLASSIFY_INPUT)])
+    def classify(inputs):
+        outputs = predict(tf.io.parse_example(inputs, serving_spec))
+        return {constants.CLASSES_OUTPUT: outputs[constants.CLASSES_OUTPUT],
+                constants.SCORES_OUTPUT: outputs[constants.PROBABILITIES_OUTPUT]}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name=key)
+                                  for key in constants.FEATURE_KEYS])
+    def serve_raw(*features):
+        return predict({key: tf.reshape(value, [-1, 1])
+                        for key, value in zip(constants.FEATURE_KEYS, features)})
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=constants.EXAMPLES_INPUT)])
+    def transform_features(examples):
+        return model.tft_layer(tf.io.parse_example(examples, raw_spec))
+
+    model.save(export_dir, save_format="tf", signatures={
+        constants.SERVING_SIGNATURE: serve_examples.get_concrete_function(),
+        constants.CLASSIFY_SIGNATURE: classify.get_concrete_function(),
+        constants.RAW_SIGNATURE: serve_raw.get_concrete_function(),
+        constants.TRANSFORM_SIGNATURE: transform_features.get_concrete_function(),
+    })
+    _set_method_name(export_dir, constants.CLASSIFY_SIGNATURE, tf.saved_model.CLASSIFY_METHOD_NAME)
+
+
+def _set_method_name(export_dir: str, signature: str, method_name: str) -> None:
+    """TF2's SavedModel writer marks every signature 'predict'; TF Serving's Classify needs 'classify'."""
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+    path = os.path.join(export_dir, "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel.FromString(tf.io.gfile.GFile(path, "rb").read())
+    saved_model.meta_graphs[0].signature_def[signature].method_name = method_name
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(saved_model.SerializeToString())

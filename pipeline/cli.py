@@ -1,0 +1,195 @@
+"""The iris-tfx command: run the pipeline, propose a schema, serve and query models."""
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import sys
+import time
+from typing import Iterator, List, Optional
+
+from pipeline.config import DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, PipelineConfig, TrainingConfig
+
+EXIT_FAILED = 1       # a component failed (bad input, bad config, ...): nothing was pushed
+EXIT_NOT_BLESSED = 3  # the run completed but the model did not pass evaluation: nothing was pushed
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # serve/predict take TF Serving's own flags: hand them over untouched.
+    if argv and argv[0] == "serve":
+        from serving import server
+        return server.main(argv[1:])
+    if argv and argv[0] == "predict":
+        from serving import client
+        return client.main(argv[1:])
+    args = _parser().parse_args(argv)
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iris-tfx", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the pipeline end to end (CSV -> pushed model)")
+    run.add_argument("--data", default=DEFAULT_DATA, help="CSV with the Iris columns (default: %(default)s)")
+    run.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                     help="pipeline root, ML Metadata and logs (default: %(default)s)")
+    run.add_argument("--serving-dir", help="where blessed models are pushed (default: <workdir>/models/iris)")
+    run.add_argument("--schema", default=DEFAULT_SCHEMA, help="curated schema (default: %(default)s)")
+    run.add_argument("--runner", choices=["beam", "local"], default="beam",
+                     help="orchestrator: Apache Beam (default) or TFX's LocalDagRunner")
+    run.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
+                     help="Beam pipeline arg for the components' Beam jobs, repeatable, e.g. "
+                          "--beam-arg=--runner=FlinkRunner (default: DirectRunner, multi-processing, "
+                          "one worker per core)")
+    run.add_argument("--accuracy-floor", type=float, default=PipelineConfig.accuracy_floor)
+    run.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
+    run.add_argument("--cpu-replicas", type=int, default=0,
+                     help="train with MirroredStrategy over N logical CPU devices")
+    run.add_argument("--no-cache", action="store_true", help="re-run every component")
+    run.add_argument("--verbose", action="store_true", help="show all logs instead of writing them to a file")
+    run.set_defaults(handler=_run)
+
+    schema = commands.add_parser("schema", help="schema tools")
+    schema_commands = schema.add_subparsers(dest="schema_command", required=True, metavar="COMMAND")
+    propose = schema_commands.add_parser(
+        "propose", help="infer a schema from the data's statistics, for review against schema/schema.pbtxt")
+    propose.add_argument("--data", default=DEFAULT_DATA)
+    propose.add_argument("--out", default=os.path.join("schema", "proposed_schema.pbtxt"))
+    propose.set_defaults(handler=_propose_schema)
+
+    # Listed for --help; main() dispatches them before argparse sees their flags.
+    commands.add_parser("serve", help="TF Serving-compatible model server (see iris-tfx serve --help)")
+    commands.add_parser("predict", help="query a model server over gRPC (see iris-tfx predict --help)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    error = _check_inputs(args)
+    if error:
+        print(f"iris-tfx: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    os.makedirs(args.workdir, exist_ok=True)
+    log_path = os.path.join(args.workdir, "logs", datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S.log"))
+    print(f"Running the pipeline on {args.data} with the {args.runner} runner"
+          + ("" if args.verbose else f" (logs: {log_path})"))
+    started = time.monotonic()
+    with contextlib.nullcontext() if args.verbose else _logs_to(log_path):
+        summary, failure = _run_pipeline(args)
+    print()
+    print(summary.format() if summary else "No run recorded.")
+    print(f"Total wall time: {time.monotonic() - started:.1f}s")
+    if failure is not None:
+        failed = summary.failed if summary else []
+        for node in failed:
+            print(f"\niris-tfx: error: {node.node} failed: {node.message or failure}", file=sys.stderr)
+        if not failed:
+            print(f"\niris-tfx: error: {failure}", file=sys.stderr)
+        print("No model was pushed.", file=sys.stderr)
+        return EXIT_FAILED
+    if not summary.pushed_path:
+        print("\niris-tfx: the model was not blessed by the Evaluator; nothing was pushed.", file=sys.stderr)
+        return EXIT_NOT_BLESSED
+    return 0
+
+
+def _run_pipeline(args: argparse.Namespace):
+    """Runs the pipeline with the chosen runner; returns its summary and the exception if it failed."""
+    from pipeline import runners  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    from pipeline.summary import summarize  # pylint: disable=g-import-not-at-top
+
+    config = PipelineConfig(
+        data_path=args.data, schema_path=args.schema, workdir=args.workdir, serving_dir=args.serving_dir,
+        accuracy_floor=args.accuracy_floor, enable_cache=not args.no_cache,
+        training=dataclasses.replace(TrainingConfig(), epochs=args.epochs, cpu_replicas=args.cpu_replicas),
+        beam_pipeline_args=args.beam_arg if args.beam_arg is not None else runners.default_beam_args())
+    _console(f"  pipeline root {config.pipeline_root}, models pushed to {config.push_dir}")
+    failure = None
+    with _progress():
+        try:
+            if args.cpu_replicas > 1:
+                from components.model import logical_cpus  # pylint: disable=g-import-not-at-top
+                logical_cpus(args.cpu_replicas)  # before any TensorFlow work: devices cannot change later
+            runners.RUNNERS[args.runner](config)
+        except Exception as err:  # pylint: disable=broad-except  (reported by the caller, with MLMD's record)
+            failure = err
+    return summarize(config.metadata_path, config.pipeline_name), failure
+
+
+def _console(line: str) -> None:
+    print(line, flush=True)
+
+
+def _check_inputs(args: argparse.Namespace) -> Optional[str]:
+    """Problems TFX would report only deep inside a component, caught before anything starts."""
+    for flag, path in (("--data", args.data), ("--schema", args.schema)):
+        if "://" not in path and not os.path.isfile(path):
+            return f"{flag} {path}: no such file"
+    if "://" not in args.data and os.path.getsize(args.data) == 0:
+        return f"--data {args.data}: the file is empty (expected a header row and data rows)"
+    return None
+
+
+class _ProgressHandler(logging.Handler):
+    """Turns TFX's 'node X is running/finished' log records into one console line per component."""
+    _START = ("node %s is running.", "Component %s is running.")
+    _END = ("node %s is finished.", "Component %s is finished.")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self._started = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg in self._START:
+            self._started[record.args[0]] = time.monotonic()
+            _console(f"  > {record.args[0]} running...")
+        elif record.msg in self._END:
+            seconds = time.monotonic() - self._started.get(record.args[0], time.monotonic())
+            _console(f"    {record.args[0]} done in {seconds:.1f}s")
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[None]:
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    absl_logging.set_verbosity(absl_logging.INFO)
+    handler = _ProgressHandler()
+    logging.getLogger("absl").addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger("absl").removeHandler(handler)
+
+
+@contextlib.contextmanager
+def _logs_to(path: str) -> Iterator[None]:
+    """Sends everything written to stderr (Python, TensorFlow's C++ and Beam's worker processes) to path."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _propose_schema(args: argparse.Namespace) -> int:
+    import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(args.data):
+        print(f"iris-tfx: error: --data {args.data}: no such file", file=sys.stderr)
+        return EXIT_FAILED
+    statistics = tfdv.generate_statistics_from_csv(args.data)
+    tfdv.write_schema_text(tfdv.infer_schema(statistics), args.out)
+    print(f"Wrote a schema inferred from {args.data} to {args.out}.\n"
+          f"Review it against {DEFAULT_SCHEMA} (e.g. diff -u {DEFAULT_SCHEMA} {args.out}); the curated "
+          "schema keeps hand-set bounds, the species domain and the SERVING environment.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""PipelineConfig: the one object that parameterises create_pipeline; defaults run out of the box."""
+import dataclasses
+import os
+from typing import List, Optional
+
+PIPELINE_NAME = "iris"
+DEFAULT_DATA = os.path.join("data", "iris.csv")
+DEFAULT_SCHEMA = os.path.join("schema", "schema.pbtxt")
+DEFAULT_WORKDIR = "iris-tfx-work"
+DEFAULT_MODEL_NAME = "iris"
+
+
+def default_serving_dir(workdir: str = DEFAULT_WORKDIR, model_name: str = DEFAULT_MODEL_NAME) -> str:
+    """Where blessed models are pushed unless told otherwise (and where `iris-tfx serve` looks)."""
+    return os.path.join(workdir, "models", model_name)
+
+
+DEFAULT_SERVING_DIR = default_serving_dir()
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Hyperparameters of the Trainer (passed to run_fn as custom_config)."""
+    hidden_units: int = 8
+    learning_rate: float = 0.01
+    epochs: int = 100
+    batch_size_per_replica: int = 8
+    seed: int = 42
+    cpu_replicas: int = 0  # >1: MirroredStrategy over this many logical CPU devices (no GPU needed)
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """Everything create_pipeline needs; paths may be local or any filesystem TFX supports."""
+    data_path: str = DEFAULT_DATA
+    schema_path: str = DEFAULT_SCHEMA
+    workdir: str = DEFAULT_WORKDIR
+    serving_dir: Optional[str] = None  # None: <workdir>/models/<model_name>
+    model_name: str = DEFAULT_MODEL_NAME
+    pipeline_name: str = PIPELINE_NAME
+    accuracy_floor: float = 0.9
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    beam_pipeline_args: List[str] = dataclasses.field(default_factory=list)
+    enable_cache: bool = True
+    use_resolver: bool = True  # Kubeflow's open-source backend has no resolver support
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.workdir, "pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.workdir, "metadata.sqlite")
+
+    @property
+    def push_dir(self) -> str:
+        return self.serving_dir or default_serving_dir(self.workdir, self.model_name)

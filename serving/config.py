@@ -1,0 +1,125 @@
+"""Command-line flags (tensorflow_model_server's names) and TF Serving's text-format config files."""
+import argparse
+from typing import List, Optional
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import defaults
+
+
+_WRAPPERS_PROTO = "google/protobuf/wrappers.proto"
+
+
+def _build_messages():
+    """BatchingParameters and MonitoringConfig as TF Serving defines them; the tensorflow-serving-api wheel
+    does not ship session_bundle_config.proto or monitoring_config.proto, so their descriptors are declared here."""
+    assert wrappers_pb2.DESCRIPTOR.name == _WRAPPERS_PROTO  # wrappers.proto must be in the default pool
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="iris_tfx/tensorflow_serving_extra.proto", package="tensorflow.serving", syntax="proto3",
+        dependency=[_WRAPPERS_PROTO])
+    f = descriptor_pb2.FieldDescriptorProto
+    batching = fdp.message_type.add(name="BatchingParameters")
+    for number, name, type_name in [
+            (1, "max_batch_size", "Int64Value"), (2, "batch_timeout_micros", "Int64Value"),
+            (3, "max_enqueued_batches", "Int64Value"), (4, "num_batch_threads", "Int64Value"),
+            (5, "thread_pool_name", "StringValue"), (8, "enable_large_batch_splitting", "BoolValue")]:
+        batching.field.add(name=name, number=number, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
+                           type_name=".google.protobuf." + type_name)
+    batching.field.add(name="allowed_batch_sizes", number=6, type=f.TYPE_INT64, label=f.LABEL_REPEATED)
+    batching.field.add(name="pad_variable_length_inputs", number=7, type=f.TYPE_BOOL, label=f.LABEL_OPTIONAL)
+    prometheus = fdp.message_type.add(name="PrometheusConfig")
+    prometheus.field.add(name="enable", number=1, type=f.TYPE_BOOL, label=f.LABEL_OPTIONAL)
+    prometheus.field.add(name="path", number=2, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+    monitoring = fdp.message_type.add(name="MonitoringConfig")
+    monitoring.field.add(name="prometheus_config", number=1, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
+                         type_name=".tensorflow.serving.PrometheusConfig")
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(fdp.name)
+    except KeyError:
+        pool.Add(fdp)
+    factory = message_factory.MessageFactory(pool)
+    return tuple(factory.GetPrototype(pool.FindMessageTypeByName("tensorflow.serving." + n))
+                 for n in ("BatchingParameters", "MonitoringConfig"))
+
+
+BatchingParameters, MonitoringConfig = _build_messages()
+
+
+def _read_text_proto(path: str, message):
+    with open(path, encoding="utf-8") as f:
+        return text_format.Parse(f.read(), message)
+
+
+def read_model_server_config(path: str) -> model_server_config_pb2.ModelServerConfig:
+    """Parse a ModelServerConfig text file (model_config_list only, as we serve TensorFlow models)."""
+    config = _read_text_proto(path, model_server_config_pb2.ModelServerConfig())
+    if config.WhichOneof("config") != "model_config_list":
+        raise ValueError(f"{path}: only model_config_list is supported")
+    return config
+
+
+def read_batching_parameters(path: Optional[str]):
+    return _read_text_proto(path, BatchingParameters()) if path else BatchingParameters()
+
+
+def read_monitoring_config(path: Optional[str]):
+    if not path:
+        config = MonitoringConfig()
+        config.prometheus_config.enable = True
+        config.prometheus_config.path = defaults.PROMETHEUS_PATH
+        return config
+    return _read_text_proto(path, MonitoringConfig())
+
+
+def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add(name=name, base_path=base_path, model_platform="tensorflow")
+    model.model_version_policy.latest.num_versions = 1
+    return config
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_flags(argv: List[str]) -> argparse.Namespace:
+    """Parse tensorflow_model_server's flags (`--flag=value` or `--flag value`)."""
+    cores = defaults.cpu_count()
+    p = argparse.ArgumentParser(prog="iris-tfx serve", description=(
+        "TensorFlow Serving-compatible model server (gRPC and REST) for the pushed Iris models."))
+    p.add_argument("--port", type=int, default=defaults.GRPC_PORT, help="gRPC port")
+    p.add_argument("--rest_api_port", type=int, default=defaults.REST_PORT, help="REST port (0 disables REST)")
+    p.add_argument("--model_name", default=defaults.MODEL_NAME)
+    p.add_argument("--model_base_path", default=defaults.MODEL_BASE_PATH)
+    p.add_argument("--model_config_file", default="", help="ModelServerConfig text file (overrides model_name/_base_path)")
+    p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0,
+                   help="re-read --model_config_file this often (0: never)")
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1,
+                   help="poll base paths for new versions this often (0: only at start)")
+    p.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False)
+    p.add_argument("--batching_parameters_file", default="")
+    p.add_argument("--monitoring_config_file", default="", help="MonitoringConfig text file (default: Prometheus on)")
+    p.add_argument("--grpc_max_threads", type=int, default=defaults.GRPC_THREADS_PER_CORE * cores)
+    p.add_argument("--rest_api_num_threads", type=int, default=defaults.REST_THREADS_PER_CORE * cores)
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
+    p.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
+                   default=False)
+    # Extensions of this server (not tensorflow_model_server flags).
+    p.add_argument("--host", default=defaults.HOST, help="address to bind (extension; TF Serving binds all)")
+    p.add_argument("--max_request_bytes", type=int, default=defaults.MAX_REQUEST_BYTES,
+                   help="refuse gRPC messages and REST bodies larger than this (extension)")
+    p.add_argument("--drain_seconds", type=float, default=defaults.DRAIN_SECONDS,
+                   help="on SIGTERM, wait this long for in-flight requests (extension)")
+    args = p.parse_args(argv)
+    if args.model_config_file_poll_wait_seconds and not args.model_config_file:
+        p.error("--model_config_file_poll_wait_seconds needs --model_config_file")
+    if args.batching_parameters_file and not args.enable_batching:
+        p.error("--batching_parameters_file needs --enable_batching")
+    return args

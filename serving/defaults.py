@@ -1,0 +1,27 @@
+"""Defaults shared by the server, the client and the Kubernetes manifests (TF Serving's own ports)."""
+from pipeline.config import DEFAULT_MODEL_NAME, DEFAULT_SERVING_DIR
+
+GRPC_PORT = 8500
+REST_PORT = 8501
+MODEL_NAME = DEFAULT_MODEL_NAME
+MODEL_BASE_PATH = DEFAULT_SERVING_DIR
+
+# Additions for the model server (serving/config.py); TF Serving's defaults where it has one.
+HOST = "0.0.0.0"
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+GRPC_THREADS_PER_CORE = 8        # handler threads mostly wait in Session.run, which releases the GIL
+REST_THREADS_PER_CORE = 4        # TF Serving's --rest_api_num_threads default is 4 x cores
+MAX_REQUEST_BYTES = 64 << 20     # largest gRPC message / REST body accepted
+DRAIN_SECONDS = 30.0             # SIGTERM grace period for in-flight requests
+# BatchingParameters defaults of TF Serving's BasicBatchScheduler.
+BATCH_MAX_SIZE = 1000
+BATCH_TIMEOUT_MICROS = 0
+BATCH_MAX_ENQUEUED = 10
+
+
+def cpu_count() -> int:
+    """Cores this process may use (TF Serving sizes its thread pools from this)."""
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+MAX_CONCURRENT_RPCS = 1024       # gRPC requests beyond this are refused with RESOURCE_EXHAUSTED

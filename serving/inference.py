@@ -1,0 +1,297 @@
+"""Predict, Classify, Regress, MultiInference and metadata on a loaded Servable, following TF Serving's
+predict_util.cc, classifier.cc, regressor.cc, multi_inference.cc and get_model_metadata_impl.cc."""
+from typing import Dict, List, Mapping, Tuple
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.example import example_pb2
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2, input_pb2,
+                                     model_pb2, predict_pb2, regression_pb2)
+
+from serving.errors import ServingError, failed_precondition, invalid
+from serving.servable import Servable
+from serving.tensors import dtype_name, ndarray_to_proto, proto_to_ndarray, shape_string
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+CLASSIFY_INPUTS, CLASSIFY_CLASSES, CLASSIFY_SCORES = "inputs", "classes", "scores"
+REGRESS_INPUTS, REGRESS_OUTPUTS = "inputs", "outputs"
+
+
+def fill_model_spec(spec: model_pb2.ModelSpec, servable: Servable, signature_name: str) -> None:
+    spec.name = servable.name
+    spec.version.value = servable.version
+    spec.signature_name = signature_name
+
+
+def _signature_name(spec: model_pb2.ModelSpec) -> str:
+    return spec.signature_name or DEFAULT_SIGNATURE
+
+
+def _join(keys) -> str:
+    return ",".join(sorted(keys))
+
+
+def check_inputs(signature: meta_graph_pb2.SignatureDef, inputs: Mapping[str, np.ndarray]) -> None:
+    """Input names, dtypes and static shapes against the SignatureDef (what Session::Run would reject)."""
+    if len(inputs) != len(signature.inputs):
+        extra, missing = set(inputs) - set(signature.inputs), set(signature.inputs) - set(inputs)
+        raise invalid(
+            f"input size does not match signature: {len(inputs)}!={len(signature.inputs)} "
+            f"len({{{_join(inputs)}}}) != len({{{_join(signature.inputs)}}}). Sent extra: {{{_join(extra)}}}. "
+            f"Missing but required: {{{_join(missing)}}}.")
+    for alias in inputs:
+        if alias not in signature.inputs:
+            raise invalid(f"input tensor alias not found in signature: {alias}. Inputs expected to be in the "
+                          f"set {{{_join(signature.inputs)}}}.")
+    for i, alias in enumerate(sorted(inputs)):
+        info, array = signature.inputs[alias], inputs[alias]
+        got = types_pb2.DT_STRING if array.dtype.kind in "OSU" else _dtype_enum(array)
+        if got != info.dtype:
+            raise invalid(f"Expects arg[{i}] to be {dtype_name(info.dtype)} but {dtype_name(got)} is provided "
+                          f"(input '{alias}')")
+        if not info.tensor_shape.unknown_rank:
+            want = tuple(d.size for d in info.tensor_shape.dim)
+            if len(want) != array.ndim or any(w >= 0 and w != g for w, g in zip(want, array.shape)):
+                raise invalid(f"input '{alias}' has shape {shape_string(array.shape)} but the signature expects "
+                              f"{shape_string(want)}")
+
+
+def _dtype_enum(array: np.ndarray) -> int:
+    try:
+        return tf.as_dtype(array.dtype).as_datatype_enum
+    except TypeError:
+        return types_pb2.DT_INVALID
+
+
+def _find_signature(servable: Servable, name: str) -> meta_graph_pb2.SignatureDef:
+    if name not in servable.signatures:
+        raise failed_precondition(f'Serving signature key "{name}" not found.')
+    return servable.signatures[name]
+
+
+def run_predict(servable: Servable, signature_name: str, inputs: Dict[str, np.ndarray],
+                output_filter: List[str]) -> Dict[str, np.ndarray]:
+    """Validate and run a predict-style call; returns the fetched outputs by alias."""
+    signature = _find_signature(servable, signature_name)
+    if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+        raise ServingError(grpc.StatusCode.INTERNAL,
+                           "Expected prediction signature method_name to be one of {"
+                           f"{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}")
+    check_inputs(signature, inputs)
+    outputs = []
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid(f"output tensor alias not found in signature: {alias} Outputs expected to be in the "
+                          f"set {{{_join(signature.outputs)}}}.")
+        if alias in outputs:
+            raise invalid(f"duplicate output tensor alias: {alias}")
+        outputs.append(alias)
+    return servable.run(signature_name, inputs, outputs or sorted(signature.outputs))
+
+
+def predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    name = _signature_name(request.model_spec)
+    _find_signature(servable, name)
+    inputs = {alias: proto_to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
+    outputs = run_predict(servable, name, inputs, list(request.output_filter))
+    response = predict_pb2.PredictResponse()
+    fill_model_spec(response.model_spec, servable, name)
+    for alias, array in outputs.items():
+        response.outputs[alias].CopyFrom(ndarray_to_proto(array))
+    return response
+
+
+def serialized_examples(inp: input_pb2.Input) -> np.ndarray:
+    """Input proto -> serialized tf.Examples, merging the context into each example."""
+    kind = inp.WhichOneof("kind")
+    if kind == "example_list":
+        examples = [e.SerializeToString() for e in inp.example_list.examples]
+    elif kind == "example_list_with_context":
+        context = inp.example_list_with_context.context
+        examples = []
+        for e in inp.example_list_with_context.examples:
+            merged = example_pb2.Example()
+            merged.CopyFrom(context)
+            merged.MergeFrom(e)
+            examples.append(merged.SerializeToString())
+    else:
+        examples = []
+    if not examples:
+        raise invalid("Input is empty.")
+    return np.array(examples, dtype=object)
+
+
+def _method_signature(servable: Servable, spec: model_pb2.ModelSpec, method: str,
+                      kind: str) -> Tuple[str, meta_graph_pb2.SignatureDef]:
+    name = _signature_name(spec)
+    if name not in servable.signatures:
+        raise invalid(f"No signature was found with the name: {name}")
+    signature = servable.signatures[name]
+    if signature.method_name != method:
+        raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}")
+    return name, signature
+
+
+def _classify_outputs(signature: meta_graph_pb2.SignatureDef) -> List[str]:
+    if len(signature.inputs) != 1:
+        raise invalid("Expected one input Tensor.")
+    if CLASSIFY_INPUTS not in signature.inputs:
+        raise failed_precondition(f"No classification inputs found in SignatureDef: {signature}")
+    outputs = [o for o in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if o in signature.outputs]
+    if not outputs:
+        raise invalid(f"Expected classification signature outputs to contain at least one of "
+                      f"{{{CLASSIFY_CLASSES}, {CLASSIFY_SCORES}}}. Signature was: {signature}")
+    return outputs
+
+
+def _classification_result(outputs: Mapping[str, np.ndarray], n: int) -> classification_pb2.ClassificationResult:
+    classes, scores = outputs.get(CLASSIFY_CLASSES), outputs.get(CLASSIFY_SCORES)
+    for alias, array in ((CLASSIFY_CLASSES, classes), (CLASSIFY_SCORES, scores)):
+        if array is not None and (array.ndim != 2 or array.shape[0] != n):
+            raise invalid(f"Expected Tensor shape: [{n} num_classes] but got {shape_string(array.shape)} "
+                          f"for output '{alias}'")
+    if classes is not None and scores is not None and classes.shape != scores.shape:
+        raise invalid(f"Tensors class and score should match in shape: {shape_string(classes.shape)} vs "
+                      f"{shape_string(scores.shape)}")
+    result = classification_pb2.ClassificationResult()
+    for i in range(n):
+        row = result.classifications.add()
+        k = (classes if classes is not None else scores).shape[1]
+        for j in range(k):
+            cls = row.classes.add()
+            if classes is not None:
+                cls.label = classes[i, j].decode("utf-8", errors="replace") if isinstance(classes[i, j], bytes) \
+                    else str(classes[i, j])
+            if scores is not None:
+                cls.score = float(scores[i, j])
+    return result
+
+
+def _regression_result(outputs: Mapping[str, np.ndarray], n: int) -> regression_pb2.RegressionResult:
+    out = outputs[REGRESS_OUTPUTS]
+    if not (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
+        raise invalid(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+                      f"{shape_string(out.shape)}")
+    if out.shape[0] != n:
+        raise invalid(f"Input batch size did not match output batch size: {n} vs. {out.shape[0]}")
+    if out.dtype != np.float32:
+        raise invalid(f"Expected output Tensor of DT_FLOAT.  Got: {out.dtype}")
+    result = regression_pb2.RegressionResult()
+    for value in out.reshape(-1).tolist():
+        result.regressions.add(value=value)
+    return result
+
+
+def _regress_outputs(signature: meta_graph_pb2.SignatureDef) -> List[str]:
+    if len(signature.inputs) != 1:
+        raise invalid("Expected one input Tensor.")
+    if len(signature.outputs) != 1:
+        raise invalid("Expected one output Tensor.")
+    if REGRESS_INPUTS not in signature.inputs:
+        raise failed_precondition(f"No regression inputs found in SignatureDef: {signature}")
+    if REGRESS_OUTPUTS not in signature.outputs:
+        raise failed_precondition(f"No regression outputs found in SignatureDef: {signature}")
+    return [REGRESS_OUTPUTS]
+
+
+def _run_examples(servable: Servable, name: str, signature: meta_graph_pb2.SignatureDef, examples: np.ndarray,
+                  outputs: List[str]) -> Dict[str, np.ndarray]:
+    alias = next(iter(signature.inputs))
+    check_inputs(signature, {alias: examples})
+    return servable.run(name, {alias: examples}, outputs)
+
+
+def classify(servable: Servable, request: classification_pb2.ClassificationRequest
+             ) -> classification_pb2.ClassificationResponse:
+    name, signature = _method_signature(servable, request.model_spec, CLASSIFY_METHOD, "classification")
+    outputs = _classify_outputs(signature)
+    examples = serialized_examples(request.input)
+    response = classification_pb2.ClassificationResponse()
+    fill_model_spec(response.model_spec, servable, name)
+    values = _run_examples(servable, name, signature, examples, outputs)
+    response.result.CopyFrom(_classification_result(values, len(examples)))
+    return response
+
+
+def regress(servable: Servable, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
+    name, signature = _method_signature(servable, request.model_spec, REGRESS_METHOD, "regression")
+    outputs = _regress_outputs(signature)
+    examples = serialized_examples(request.input)
+    response = regression_pb2.RegressionResponse()
+    fill_model_spec(response.model_spec, servable, name)
+    values = _run_examples(servable, name, signature, examples, outputs)
+    response.result.CopyFrom(_regression_result(values, len(examples)))
+    return response
+
+
+def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceRequest
+                    ) -> inference_pb2.MultiInferenceResponse:
+    """All tasks share one input and run in one Session call, as TF Serving's TensorFlowMultiInferenceRunner."""
+    if not request.tasks:
+        raise invalid("Expected at least one task.")
+    seen, plan, input_names = set(), [], set()
+    for task in request.tasks:
+        if task.model_spec.name != request.tasks[0].model_spec.name:
+            raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        name = _signature_name(task.model_spec)
+        if name in seen:
+            raise invalid(f"Duplicate evaluation of signature: {name}")
+        seen.add(name)
+        if name not in servable.signatures:
+            raise invalid(f"Requested signature not found in model graph: {name}")
+        signature = servable.signatures[name]
+        if task.method_name == CLASSIFY_METHOD:
+            outputs = _classify_outputs(signature)
+        elif task.method_name == REGRESS_METHOD:
+            outputs = _regress_outputs(signature)
+        else:
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                               f"Unsupported signature method_name: {task.method_name}")
+        if signature.method_name != task.method_name:
+            raise invalid(f"Unsupported signature method_name: {task.method_name} does not match signature "
+                          f"{name} method_name {signature.method_name}")
+        input_names.add(next(iter(signature.inputs.values())).name)
+        plan.append((task, name, signature, outputs))
+    if len(input_names) != 1:
+        raise invalid("Input tensor must be the same for all Signatures.")
+    examples = serialized_examples(request.input)
+    response = inference_pb2.MultiInferenceResponse()
+    for task, name, signature, outputs in plan:
+        values = _run_examples(servable, name, signature, examples, outputs)
+        result = response.results.add()
+        fill_model_spec(result.model_spec, servable, name)
+        if task.method_name == CLASSIFY_METHOD:
+            result.classification_result.CopyFrom(_classification_result(values, len(examples)))
+        else:
+            result.regression_result.CopyFrom(_regression_result(values, len(examples)))
+    return response
+
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def check_metadata_request(request: get_model_metadata_pb2.GetModelMetadataRequest) -> None:
+    if not request.metadata_field:
+        raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+    for field in request.metadata_field:
+        if field != SIGNATURE_DEF_FIELD:
+            raise invalid(f"Metadata field {field} is not supported")
+
+
+def metadata(servable: Servable, request: get_model_metadata_pb2.GetModelMetadataRequest
+             ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    check_metadata_request(request)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in servable.signatures.items():
+        signature_map.signature_def[key].CopyFrom(signature)
+    response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+    return response

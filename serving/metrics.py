@@ -1,0 +1,53 @@
+"""Prometheus metrics (prometheus_client), exported at TF Serving's /monitoring/prometheus/metrics."""
+import time
+from contextlib import contextmanager
+from typing import Iterator, List
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """Request counts by model/version/API/entrypoint/status, latency histograms, loaded versions."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(":tensorflow:serving:request_count", "Requests by model, version, API and status.",
+                                ["model_name", "model_version", "API", "entrypoint", "status"],
+                                registry=self.registry)
+        self.latency = Histogram(":tensorflow:serving:request_latency", "Request latency in seconds.",
+                                 ["model_name", "API", "entrypoint"], buckets=_LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.loaded = Gauge(":tensorflow:serving:model_version_loaded", "1 for each loaded model version.",
+                            ["model_name", "model_version"], registry=self.registry)
+        self.loads = Counter(":tensorflow:serving:load_attempt_count", "Model version loads by outcome.",
+                             ["model_name", "status"], registry=self.registry)
+
+    @contextmanager
+    def observe(self, api: str, entrypoint: str) -> Iterator[List[str]]:
+        """Times a request; the body sets info[0]=model name, info[1]=version, info[2]=status code name."""
+        info = ["", "", "OK"]
+        start = time.perf_counter()
+        try:
+            yield info
+        finally:
+            self.latency.labels(info[0], api, entrypoint).observe(time.perf_counter() - start)
+            self.requests.labels(info[0], info[1], api, entrypoint, info[2]).inc()
+
+    def set_loaded(self, model: str, version: int, loaded: bool) -> None:
+        if loaded:
+            self.loaded.labels(model, str(version)).set(1)
+        else:
+            try:
+                self.loaded.remove(model, str(version))
+            except KeyError:
+                pass
+
+    def load_attempt(self, model: str, status: str) -> None:
+        self.loads.labels(model, status).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,74 @@
+"""One loaded model version: the SavedModel in its own TF Session, run by tensor names as TF Serving does."""
+import logging
+import threading
+from typing import Callable, Dict, Hashable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving import batching
+from serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+RunKey = Tuple[str, Tuple[str, ...], Tuple[str, ...]]  # (signature name, input aliases, output aliases)
+
+
+class Servable:
+    """A SavedModel version loaded with tag 'serve'; `run` is thread-safe and optionally batched."""
+
+    def __init__(self, name: str, version: int, path: str, session_config: tf.compat.v1.ConfigProto,
+                 batching_parameters=None):
+        self.name, self.version, self.path = name, version, path
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
+        with self._graph.as_default():
+            self.meta_graph: meta_graph_pb2.MetaGraphDef = tf.compat.v1.saved_model.loader.load(
+                self._session, [tf.saved_model.SERVING], path)
+        self.signatures = self.meta_graph.signature_def
+        self._callables: Dict[RunKey, Callable] = {}
+        self._lock = threading.Lock()
+        for sig_name, sig in self.signatures.items():  # build the run callables before serving
+            self._callable((sig_name, tuple(sorted(sig.inputs)), tuple(sorted(sig.outputs))))
+        self._scheduler: Optional[batching.BatchScheduler] = None
+        if batching_parameters is not None:
+            self._scheduler = batching.BatchScheduler(batching_parameters, self._run_direct, f"{name}-{version}")
+
+    def _callable(self, key: RunKey) -> Callable:
+        fn = self._callables.get(key)
+        if fn is None:
+            sig = self.signatures[key[0]]
+            with self._lock:
+                fn = self._session.make_callable([sig.outputs[a].name for a in key[2]],
+                                                 feed_list=[sig.inputs[a].name for a in key[1]])
+                self._callables[key] = fn
+        return fn
+
+    def _run_direct(self, key: Hashable, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        sig_name, in_aliases, out_aliases = key
+        try:
+            values = self._callable(key)(*[inputs[a] for a in in_aliases])
+        except tf.errors.OpError as e:
+            raise ServingError.from_tf(e) from None
+        return dict(zip(out_aliases, values))
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+            outputs: Sequence[str]) -> Dict[str, np.ndarray]:
+        """Feed inputs (by alias) to the signature, fetch the named outputs."""
+        key: RunKey = (signature_name, tuple(sorted(inputs)), tuple(outputs))
+        if self._scheduler is not None:
+            return self._scheduler.run(key, inputs)
+        return self._run_direct(key, inputs)
+
+    def unload(self) -> None:
+        """Stop batching; the session is closed when the last in-flight request drops its reference."""
+        if self._scheduler is not None:
+            self._scheduler.close()
+
+    def __repr__(self) -> str:
+        return f"Servable({self.name!r}, {self.version}, {self.path!r})"
+
+
+def session_config(intra_op: int, inter_op: int) -> tf.compat.v1.ConfigProto:
+    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op, inter_op_parallelism_threads=inter_op,
+                                    allow_soft_placement=True)

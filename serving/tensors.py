@@ -1,0 +1,137 @@
+"""Conversions between numpy arrays, TensorProtos (TF Serving's AsProtoField layout) and TF Serving's JSON."""
+import base64
+from typing import Any, Dict, List, Mapping, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from serving.errors import invalid
+
+# Repeated field of TensorProto holding each dtype's values; tf.make_tensor_proto writes tensor_content
+# instead, while TF Serving answers with the typed fields (Tensor::AsProtoField), which clients may read.
+_VALUE_FIELDS = {
+    types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_INT16: "int_val", types_pb2.DT_INT8: "int_val", types_pb2.DT_UINT8: "int_val",
+    types_pb2.DT_UINT16: "int_val", types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val", types_pb2.DT_BOOL: "bool_val", types_pb2.DT_STRING: "string_val",
+}
+
+
+def dtype_name(dtype: int) -> str:
+    """TF's DataTypeString: DT_FLOAT -> 'float'."""
+    return types_pb2.DataType.Name(dtype)[3:].lower() if dtype in types_pb2.DataType.values() else str(dtype)
+
+
+def shape_string(shape: Tuple[int, ...]) -> str:
+    return "[" + ",".join("?" if d is None or d < 0 else str(d) for d in shape) + "]"
+
+
+def proto_to_ndarray(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
+    try:
+        return tf.make_ndarray(proto)
+    except Exception:  # noqa: BLE001 - any malformed proto is the client's error
+        raise invalid(f"tensor parsing error: {alias}") from None
+
+
+def ndarray_to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    array = np.asarray(array)
+    dtype = types_pb2.DT_STRING if array.dtype.kind in "OSU" else tf.as_dtype(array.dtype).as_datatype_enum
+    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]))
+    field = _VALUE_FIELDS.get(dtype)
+    if field is None:
+        return tf.make_tensor_proto(array)
+    flat = array.ravel()
+    if dtype == types_pb2.DT_STRING:
+        getattr(proto, field).extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    else:
+        getattr(proto, field).extend(flat.tolist())
+    return proto
+
+
+# --- JSON (TF Serving's util/json_tensor.cc); hand-written: no library speaks this format. ---
+
+def _json_type(value: Any) -> str:
+    return {bool: "Bool", int: "Number", float: "Number", str: "String", list: "Array", dict: "Object",
+            type(None): "Null"}.get(type(value), type(value).__name__)
+
+
+def _decode_leaf(value: Any, dtype: int) -> Any:
+    if dtype == types_pb2.DT_STRING:
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except ValueError:
+                raise invalid(f"Unable to base64 decode: {value['b64'][:64]}") from None
+    elif dtype == types_pb2.DT_BOOL:
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and dtype not in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE,
+                                                        types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
+            raise invalid(f"JSON Value: {value} not formatted correctly for {dtype_name(dtype)} type.")
+        return value
+    raise invalid(f"JSON Value: {value!r} Type: {_json_type(value)} is not of expected type: "
+                  f"{dtype_name(dtype)}")
+
+
+def _dense(value: Any, dtype: int) -> Tuple[List[int], List[Any]]:
+    """Shape and flat leaves of a JSON value; fails on ragged lists as TF Serving does."""
+    if not isinstance(value, list):
+        return [], [_decode_leaf(value, dtype)]
+    if not value:
+        return [0], []
+    shapes, leaves = zip(*(_dense(v, dtype) for v in value))
+    if any(s != shapes[0] for s in shapes):
+        other = next(s for s in shapes if s != shapes[0])
+        raise invalid(f"Expecting shape {shape_string(tuple(shapes[0]))} but got: {shape_string(tuple(other))} "
+                      "(ragged lists are not supported)")
+    return [len(value)] + shapes[0], [x for chunk in leaves for x in chunk]
+
+
+def json_to_ndarray(value: Any, dtype: int) -> np.ndarray:
+    shape, leaves = _dense(value, dtype)
+    np_dtype = object if dtype == types_pb2.DT_STRING else tf.as_dtype(dtype).as_numpy_dtype
+    try:
+        return np.array(leaves, dtype=np_dtype).reshape(shape)
+    except (OverflowError, ValueError) as e:
+        raise invalid(f"JSON value out of range for {dtype_name(dtype)}: {e}") from None
+
+
+def _leaf_to_json(value: Any, b64: bool) -> Any:
+    if isinstance(value, bytes):
+        if b64:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def ndarray_to_json(array: np.ndarray, alias: str) -> Any:
+    """Nested lists; string outputs named '*_bytes' are base64 objects, as in TF Serving."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "OSU":
+        return array.tolist()
+    b64 = alias.endswith("_bytes")
+    flat = [_leaf_to_json(v, b64) for v in array.ravel().tolist()]
+    return np.array(flat, dtype=object).reshape(array.shape).tolist() if array.ndim else flat[0]
+
+
+def rows_to_json(outputs: Mapping[str, np.ndarray]) -> List[Any]:
+    """Row ("instances") format: one entry per example; an object of named outputs when there are several."""
+    converted = {k: ndarray_to_json(v, k) for k, v in outputs.items()}
+    if len(converted) == 1:
+        return next(iter(converted.values()))
+    sizes = {k: np.asarray(v).shape[:1] for k, v in outputs.items()}
+    if any(len(s) == 0 for s in sizes.values()) or len(set(sizes.values())) != 1:
+        raise invalid("Output tensors have different batch sizes or are scalars; "
+                      "use the columnar ('inputs') format for this signature")
+    n = next(iter(sizes.values()))[0]
+    return [{k: v[i] for k, v in converted.items()} for i in range(n)]
+
+
+def columns_to_json(outputs: Mapping[str, np.ndarray]) -> Any:
+    converted: Dict[str, Any] = {k: ndarray_to_json(v, k) for k, v in outputs.items()}
+    return next(iter(converted.values())) if len(converted) == 1 else converted
