@@ -3,6 +3,7 @@ import dataclasses
 import os
 
 import tensorflow_model_analysis as tfma
+from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components import constants
@@ -28,7 +29,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    gate = AnomaliesGate(statistics=statistics_gen.outputs["statistics"],
+                         anomalies=example_validator.outputs["anomalies"])
 
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
@@ -69,9 +71,16 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_root=config.pipeline_root,
         components=components,
         enable_cache=config.enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path),
+        metadata_connection_config=_sqlite_metadata(config.metadata_path),
         beam_pipeline_args=list(config.beam_pipeline_args))
+
+
+def _sqlite_metadata(path: str) -> metadata_store_pb2.ConnectionConfig:
+    """What tfx's sqlite_metadata_connection_config returns, without its makedirs side effect."""
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    return config
 
 
 def eval_config(accuracy_floor: float, compare_to_baseline: bool) -> tfma.EvalConfig:

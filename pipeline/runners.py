@@ -1,5 +1,6 @@
 """Thin runners: each only chooses an orchestrator for the pipeline create_pipeline returns."""
 import multiprocessing
+import os
 from typing import List
 
 from tfx import v1 as tfx
@@ -17,11 +18,13 @@ def default_beam_args() -> List[str]:
 
 def run_beam(config: PipelineConfig) -> None:
     """Orchestrate with BeamDagRunner; components' own Beam jobs get config.beam_pipeline_args."""
+    os.makedirs(config.workdir, exist_ok=True)  # holds the ML Metadata SQLite file
     BeamDagRunner().run(create_pipeline(config))
 
 
 def run_local(config: PipelineConfig) -> None:
     """Orchestrate with LocalDagRunner (components one after another in this process)."""
+    os.makedirs(config.workdir, exist_ok=True)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
 
 

@@ -1,6 +1,7 @@
 """Builds the end-of-run summary from ML Metadata: statuses, times, anomalies, metrics, push."""
 import dataclasses
 import json
+import re
 from typing import Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
@@ -90,7 +91,8 @@ def _error_message(execution) -> str:
     result = execution.custom_properties.get("__execution_result__")
     if result is None or not result.string_value:
         return ""
-    return json.loads(result.string_value).get("resultMessage", "")
+    message = json.loads(result.string_value).get("resultMessage", "")
+    return re.sub(r" \[while running '[^']*'\]$", "", message)  # Beam's suffix names the node again
 
 
 def _outputs(store, execution) -> List[types.Artifact]:

@@ -1,10 +1,9 @@
 """Server-side batching of concurrent Run() calls, with TF Serving's BatchingParameters semantics."""
 import concurrent.futures
-import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, Hashable, List, Mapping, Tuple
+from typing import Callable, Deque, Dict, Hashable, List, Mapping, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -13,7 +12,6 @@ from serving import defaults
 from serving.errors import ServingError, invalid
 
 Arrays = Dict[str, np.ndarray]
-log = logging.getLogger(__name__)
 
 
 class _Task:
@@ -40,7 +38,8 @@ def batch_size(inputs: Mapping[str, np.ndarray]) -> int:
 class BatchScheduler:
     """Queues tasks per key (signature, inputs, shapes); num_batch_threads workers run merged batches."""
 
-    def __init__(self, params, run: Callable[[Hashable, Arrays], Arrays], name: str):
+    def __init__(self, params, run: Callable[[Hashable, Arrays], Arrays], name: str,
+                 on_batch: Optional[Callable[[int], None]] = None):
         def value(field: str, default: int) -> int:
             return getattr(params, field).value if params.HasField(field) else default
         self.max_batch_size = value("max_batch_size", defaults.BATCH_MAX_SIZE)
@@ -49,6 +48,7 @@ class BatchScheduler:
         self.split_large = params.HasField("enable_large_batch_splitting") and params.enable_large_batch_splitting.value
         threads = value("num_batch_threads", defaults.cpu_count())
         self._run = run
+        self._on_batch = on_batch
         self._queues: Dict[Hashable, Deque[_Task]] = {}
         self._queued = 0
         self._cond = threading.Condition()
@@ -115,6 +115,8 @@ class BatchScheduler:
                 names = tasks[0].inputs.keys()
                 merged = {n: np.concatenate([t.inputs[n] for t in tasks]) if len(tasks) > 1 else tasks[0].inputs[n]
                           for n in names}
+                if self._on_batch is not None:
+                    self._on_batch(sum(t.size for t in tasks))
                 outputs = self._run(key, merged)
                 start = 0
                 for t in tasks:

@@ -1,16 +1,19 @@
 """`iris-tfx predict` and IrisClient: query a TF Serving-compatible server (ours or the real one) over gRPC."""
 import argparse
 import csv
+import os
 import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-import grpc
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+
+import grpc  # noqa: E402
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,  # noqa: E402
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from components import constants as c
-from serving import defaults
+from components import constants as c  # noqa: E402
+from serving import defaults  # noqa: E402
 
 Row = Union[Mapping[str, float], Sequence[float]]
 CHUNK_ROWS = 1000  # rows per Predict request when a CSV file has many

@@ -61,7 +61,14 @@ def read_model_server_config(path: str) -> model_server_config_pb2.ModelServerCo
 
 
 def read_batching_parameters(path: Optional[str]):
-    return _read_text_proto(path, BatchingParameters()) if path else BatchingParameters()
+    """BatchingParameters text file (empty: TF Serving's defaults); allowed_batch_sizes padding is not done."""
+    params = _read_text_proto(path, BatchingParameters()) if path else BatchingParameters()
+    for field in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
+        if params.HasField(field) and getattr(params, field).value < 1:
+            raise ValueError(f"{path}: {field} must be positive")
+    if params.HasField("batch_timeout_micros") and params.batch_timeout_micros.value < 0:
+        raise ValueError(f"{path}: batch_timeout_micros must not be negative")
+    return params
 
 
 def read_monitoring_config(path: Optional[str]):
@@ -107,6 +114,8 @@ def parse_flags(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--monitoring_config_file", default="", help="MonitoringConfig text file (default: Prometheus on)")
     p.add_argument("--grpc_max_threads", type=int, default=defaults.GRPC_THREADS_PER_CORE * cores)
     p.add_argument("--rest_api_num_threads", type=int, default=defaults.REST_THREADS_PER_CORE * cores)
+    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
+                   help="socket timeout of REST connections (idle or slow clients are dropped)")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
     p.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,

@@ -1,6 +1,6 @@
 """gRPC PredictionService and ModelService servicers over the ModelManager (tensorflow-serving-api stubs)."""
 import logging
-from typing import Callable
+from typing import Callable, Optional
 
 import grpc
 from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2, model_service_pb2_grpc,
@@ -15,14 +15,19 @@ log = logging.getLogger(__name__)
 
 
 def call(manager: ModelManager, metrics: Metrics, api: str, entrypoint: str, request,
-         fn: Callable, spec=None):
-    """Resolve the servable for request.model_spec, run fn(servable, request), record metrics.
-    Raises ServingError; any other exception becomes INTERNAL without touching the loaded model."""
+         fn: Callable, spec=None, prepare: Optional[Callable[[], None]] = None):
+    """Run prepare() (e.g. JSON parsing), resolve the servable for spec (default: request.model_spec), run
+    fn(servable, request) and record metrics. Raises ServingError; any other exception becomes INTERNAL
+    without touching the loaded model."""
     with metrics.observe(api, entrypoint) as info:
         try:
-            spec = spec if spec is not None else request.model_spec
-            if not request.HasField("model_spec") and spec is request.model_spec:
-                raise invalid("Missing ModelSpec")
+            if prepare is not None:
+                info[0] = (spec if spec is not None else request.model_spec).name
+                prepare()
+            if spec is None:
+                if not request.HasField("model_spec"):
+                    raise invalid("Missing ModelSpec")
+                spec = request.model_spec
             info[0] = spec.name
             servable = manager.servable(spec)
             info[1] = str(servable.version)

@@ -3,8 +3,8 @@ of a new version before the old one is unloaded, failed versions never replacing
 import logging
 import os
 import threading
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Set, Tuple
 
 import grpc
 import tensorflow as tf
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 State = get_model_status_pb2.ModelVersionStatus.State
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 @dataclass
@@ -36,17 +37,19 @@ class ManagedModel:
     config: model_server_config_pb2.ModelConfig
     versions: Dict[int, VersionState]
     labels: Dict[str, int]
+    available: Dict[int, Servable] = field(default_factory=dict)  # the AVAILABLE versions, for lookups
 
 
 def _fingerprint(path: str) -> Tuple:
+    """(file, size, mtime) of everything under a version directory, via tf.io.gfile (works on GCS/S3 too)."""
     entries = []
-    for root, _, files in os.walk(path):
+    for root, _, files in tf.io.gfile.walk(path):
         for f in files:
             try:
-                st = os.stat(os.path.join(root, f))
-            except OSError:
+                st = tf.io.gfile.stat(os.path.join(root, f))
+            except tf.errors.OpError:
                 continue
-            entries.append((os.path.relpath(os.path.join(root, f), path), st.st_size, st.st_mtime_ns))
+            entries.append((os.path.relpath(os.path.join(root, f), path), st.length, st.mtime_nsec))
     return tuple(sorted(entries))
 
 
@@ -95,6 +98,7 @@ class ModelManager:
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
+        self._incomplete: Set[Tuple[str, int]] = set()
 
     # --- configuration -------------------------------------------------------------------------------
     def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
@@ -156,6 +160,14 @@ class ModelManager:
 
     def _poll_model(self, model: ManagedModel) -> None:
         found = list_versions(model.config.base_path)
+        for version, path in list(found.items()):
+            if not any(tf.io.gfile.exists(os.path.join(path, f)) for f in SAVED_MODEL_FILES):
+                # TFX's Pusher writes saved_model.pb last: until then the version is still being copied.
+                if (model.config.name, version) not in self._incomplete:
+                    log.warning("Version %d of model %s has no saved_model.pb yet; waiting for it", version,
+                                model.config.name)
+                    self._incomplete.add((model.config.name, version))
+                del found[version]
         if not found:
             log.warning("No versions of servable %s found under base path %s", model.config.name,
                         model.config.base_path)
@@ -177,7 +189,8 @@ class ModelManager:
         log.info("Loading servable version {name: %s version: %d} from %s", name, version, path)
         fingerprint = _fingerprint(path)
         try:
-            servable = Servable(name, version, path, self._session_config, self._batching)
+            on_batch = self._metrics.batch_sizes.labels(name).observe if self._metrics else None
+            servable = Servable(name, version, path, self._session_config, self._batching, on_batch)
             try:
                 warmed = warm_up(servable)
             except BaseException:
@@ -195,6 +208,7 @@ class ModelManager:
             log.info("Finished reading warmup data for model %s version %d: %d requests", name, version, warmed)
         with self._lock:
             st.servable, st.state, st.error = servable, State.AVAILABLE, None
+            model.available[version] = servable
         if self._metrics:
             self._metrics.load_attempt(name, "ok")
             self._metrics.set_loaded(name, version, True)
@@ -205,6 +219,7 @@ class ModelManager:
         with self._lock:
             st.state = State.UNLOADING
             servable, st.servable = st.servable, None
+            model.available.pop(st.version, None)
         if servable is not None:
             servable.unload()  # in-flight requests keep their reference and finish on it
         with self._lock:
@@ -253,8 +268,7 @@ class ModelManager:
                     raise invalid(f"Unrecognized servable version label: {spec.version_label}")
                 version = model.labels[spec.version_label]
             if model is not None:
-                available = {v: s.servable for v, s in model.versions.items()
-                             if s.state == State.AVAILABLE and s.servable is not None}
+                available = model.available
                 if version is None and available:
                     return available[max(available)]
                 if version in available:

@@ -23,6 +23,12 @@ class Metrics:
                                  registry=self.registry)
         self.loaded = Gauge(":tensorflow:serving:model_version_loaded", "1 for each loaded model version.",
                             ["model_name", "model_version"], registry=self.registry)
+        self.in_flight = Gauge(":tensorflow:serving:requests_in_flight", "Requests being processed.",
+                               ["entrypoint"], registry=self.registry)
+        self.batch_sizes = Histogram(":tensorflow:serving:batching_session:processed_batch_size",
+                                     "Examples per batch run by the batch scheduler.", ["model_name"],
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+                                     registry=self.registry)
         self.loads = Counter(":tensorflow:serving:load_attempt_count", "Model version loads by outcome.",
                              ["model_name", "status"], registry=self.registry)
 
@@ -31,9 +37,11 @@ class Metrics:
         """Times a request; the body sets info[0]=model name, info[1]=version, info[2]=status code name."""
         info = ["", "", "OK"]
         start = time.perf_counter()
+        self.in_flight.labels(entrypoint).inc()
         try:
             yield info
         finally:
+            self.in_flight.labels(entrypoint).dec()
             self.latency.labels(info[0], api, entrypoint).observe(time.perf_counter() - start)
             self.requests.labels(info[0], info[1], api, entrypoint, info[2]).inc()
 

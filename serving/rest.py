@@ -190,15 +190,11 @@ class RestApi:
         raise invalid(f"Malformed request: {method} {path}")
 
     def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> Any:
-        doc = _parse(body)
-        spec.signature_name = doc.get("signature_name", "")
+        doc: Dict[str, Any] = {}
 
-        class _Request:  # what `call` needs: model_spec and HasField
-            model_spec = spec
-
-            @staticmethod
-            def HasField(_: str) -> bool:
-                return True
+        def parse() -> None:
+            doc.update(_parse(body))
+            spec.signature_name = doc.get("signature_name", "")
 
         def run(servable, _request) -> Any:
             name = spec.signature_name or inference.DEFAULT_SIGNATURE
@@ -207,19 +203,19 @@ class RestApi:
             inputs, rows = predict_inputs(doc, servable.signatures[name].inputs)
             outputs = inference.run_predict(servable, name, inputs, [])
             return {"predictions": rows_to_json(outputs)} if rows else {"outputs": columns_to_json(outputs)}
-        return call(self.manager, self.metrics, "predict", "rest", _Request, run)
+        return call(self.manager, self.metrics, "predict", "rest", None, run, spec, parse)
 
     def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> Any:
         request = classification_pb2.ClassificationRequest(model_spec=spec)
-        fill_examples_request(_parse(body), request, "classify")
-        response = call(self.manager, self.metrics, "classify", "rest", request, inference.classify)
+        response = call(self.manager, self.metrics, "classify", "rest", request, inference.classify,
+                        prepare=lambda: fill_examples_request(_parse(body), request, "classify"))
         return {"results": [[[c.label, c.score] for c in row.classes]
                             for row in response.result.classifications]}
 
     def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> Any:
         request = regression_pb2.RegressionRequest(model_spec=spec)
-        fill_examples_request(_parse(body), request, "regress")
-        response = call(self.manager, self.metrics, "regress", "rest", request, inference.regress)
+        response = call(self.manager, self.metrics, "regress", "rest", request, inference.regress,
+                        prepare=lambda: fill_examples_request(_parse(body), request, "regress"))
         return {"results": [r.value for r in response.result.regressions]}
 
 
@@ -239,13 +235,14 @@ class RestServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: Tuple[str, int], api: RestApi, metrics: Metrics, metrics_path: Optional[str],
-                 max_body: int, max_active: int):
+                 max_body: int, max_active: int, timeout: Optional[float] = None):
         self.api, self.metrics, self.metrics_path, self.max_body = api, metrics, metrics_path, max_body
         self.slots = threading.BoundedSemaphore(max(1, max_active))
         self.active = 0
         self.active_lock = threading.Condition()
         self.draining = False
-        super().__init__(address, _Handler)
+        # Socket timeout per connection: idle or trickling clients cannot hold a thread forever.
+        super().__init__(address, type("_Handler", (_Handler,), {"timeout": timeout}))
 
     def drain(self, timeout: float) -> None:
         self.draining = True

@@ -1,16 +1,14 @@
 """One loaded model version: the SavedModel in its own TF Session, run by tensor names as TF Serving does."""
-import logging
 import threading
 from typing import Callable, Dict, Hashable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 
 from serving import batching
 from serving.errors import ServingError
 
-log = logging.getLogger(__name__)
 RunKey = Tuple[str, Tuple[str, ...], Tuple[str, ...]]  # (signature name, input aliases, output aliases)
 
 
@@ -18,7 +16,7 @@ class Servable:
     """A SavedModel version loaded with tag 'serve'; `run` is thread-safe and optionally batched."""
 
     def __init__(self, name: str, version: int, path: str, session_config: tf.compat.v1.ConfigProto,
-                 batching_parameters=None):
+                 batching_parameters=None, on_batch: Optional[Callable[[int], None]] = None):
         self.name, self.version, self.path = name, version, path
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
@@ -29,24 +27,29 @@ class Servable:
         self._callables: Dict[RunKey, Callable] = {}
         self._lock = threading.Lock()
         for sig_name, sig in self.signatures.items():  # build the run callables before serving
-            self._callable((sig_name, tuple(sorted(sig.inputs)), tuple(sorted(sig.outputs))))
+            if sig.inputs and sig.outputs:
+                self._callable((sig_name, tuple(sorted(sig.inputs)), tuple(sorted(sig.outputs))))
         self._scheduler: Optional[batching.BatchScheduler] = None
         if batching_parameters is not None:
-            self._scheduler = batching.BatchScheduler(batching_parameters, self._run_direct, f"{name}-{version}")
+            self._scheduler = batching.BatchScheduler(batching_parameters, self._run_direct, f"{name}-{version}",
+                                                      on_batch)
 
     def _callable(self, key: RunKey) -> Callable:
         fn = self._callables.get(key)
         if fn is None:
             sig = self.signatures[key[0]]
+            options = config_pb2.CallableOptions(feed=[sig.inputs[a].name for a in key[1]],
+                                                 fetch=[sig.outputs[a].name for a in key[2]])
             with self._lock:
-                fn = self._session.make_callable([sig.outputs[a].name for a in key[2]],
-                                                 feed_list=[sig.inputs[a].name for a in key[1]])
+                # Session._make_callable_from_options is TF_SessionMakeCallable: a pre-pruned step with no
+                # per-call fetch/feed bookkeeping (Session.make_callable with a feed_list redoes it every call).
+                fn = self._session._make_callable_from_options(options)  # noqa: SLF001
                 self._callables[key] = fn
         return fn
 
     def _run_direct(self, key: Hashable, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         sig_name, in_aliases, out_aliases = key
-        try:
+        try:  # also building the callable: e.g. __saved_model_init_op's output 'NoOp' is not a tensor
             values = self._callable(key)(*[inputs[a] for a in in_aliases])
         except tf.errors.OpError as e:
             raise ServingError.from_tf(e) from None

@@ -10,6 +10,7 @@ from typing import List, Optional
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kernels log every rejected bad request at WARNING
 
 import grpc  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection  # noqa: E402
 from tensorflow_serving.apis import (model_service_pb2, model_service_pb2_grpc, prediction_service_pb2,  # noqa: E402
@@ -43,6 +44,7 @@ class ModelServer:
         self.rest_server: Optional[RestServer] = None
         self.health = health.HealthServicer()
         self._stopped = threading.Event()
+        self._stopping = threading.Lock()
         self.grpc_port = self.rest_port = 0
 
     def _model_config(self):
@@ -77,17 +79,18 @@ class ModelServer:
         if args.rest_api_port:
             prometheus = self.monitoring.prometheus_config
             self.rest_server = RestServer((args.host, args.rest_api_port), RestApi(self.manager, self.metrics),
-                                          self.metrics, prometheus.path or defaults.PROMETHEUS_PATH
-                                          if prometheus.enable else None,
-                                          args.max_request_bytes, args.rest_api_num_threads)
+                                          self.metrics,
+                                          (prometheus.path or defaults.PROMETHEUS_PATH) if prometheus.enable else None,
+                                          args.max_request_bytes, args.rest_api_num_threads,
+                                          args.rest_api_timeout_in_ms / 1000 or None)
             self.rest_port = self.rest_server.server_address[1]
             threading.Thread(target=self.rest_server.serve_forever, name="rest", daemon=True).start()
             log.info("Exporting HTTP/REST API at:%s:%d ...", args.host, self.rest_port)
 
     def stop(self) -> None:
         """Graceful: refuse new requests, let in-flight ones finish (up to --drain_seconds), then stop."""
-        if self._stopped.is_set():
-            return
+        if not self._stopping.acquire(blocking=False):
+            return  # a second signal while draining changes nothing
         log.info("Shutting down: draining in-flight requests")
         self.health.enter_graceful_shutdown()
         done = self.grpc_server.stop(self.args.drain_seconds) if self.grpc_server else None
@@ -111,7 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     server = ModelServer(args)
     try:
         server.start()
-    except (ServingError, OSError, RuntimeError, ValueError) as e:
+    except (ServingError, OSError, RuntimeError, ValueError, text_format.ParseError) as e:
         log.error("Failed to start server: %s", getattr(e, "message", e))
         if server.grpc_server:
             server.grpc_server.stop(0)

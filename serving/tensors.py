@@ -42,11 +42,10 @@ def ndarray_to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     field = _VALUE_FIELDS.get(dtype)
     if field is None:
         return tf.make_tensor_proto(array)
-    flat = array.ravel()
-    if dtype == types_pb2.DT_STRING:
-        getattr(proto, field).extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
-    else:
-        getattr(proto, field).extend(flat.tolist())
+    values = array.ravel().tolist()
+    if dtype == types_pb2.DT_STRING and not all(type(v) is bytes for v in values):
+        values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+    getattr(proto, field).extend(values)
     return proto
 
 

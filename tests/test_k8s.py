@@ -388,6 +388,7 @@ def test_tfjob_matches_its_schema_and_runs_the_standalone_trainer(overlay):
     objects = render_overlay(overlay)
     job = one(objects, "TFJob", TFJOB)
     jsonschema.validate(job, TFJOB_SCHEMA)
+    assert job["spec"]["runPolicy"]["suspend"] is True, "applying an overlay must not start a training run"
     workers = job["spec"]["tfReplicaSpecs"]["Worker"]
     assert workers["replicas"] >= 2, "multi-worker training needs two workers or more"
     pod = workers["template"]["spec"]
@@ -464,8 +465,8 @@ def test_ports_and_model_name_agree_with_serving_defaults(overlay):
     readiness = container["readinessProbe"]["httpGet"]
     assert readiness["path"] == f"/v1/models/{defaults.MODEL_NAME}"
     assert readiness["port"] in (defaults.REST_PORT, "http")
-    liveness = container["livenessProbe"]
-    assert any(k in liveness for k in ("tcpSocket", "httpGet", "grpc", "exec"))
+    for probe in ("livenessProbe", "startupProbe"):
+        assert container[probe]["tcpSocket"]["port"] in (defaults.GRPC_PORT, "grpc"), probe
 
     service = one(objects, "Service", DEPLOYMENT)
     by_name = {p["name"]: p for p in service["spec"]["ports"]}
@@ -548,7 +549,33 @@ def test_models_config_and_paths_agree(overlay, tmp_path):
     assert parsed.enable_batching is True
     assert local.read_model_server_config(parsed.model_config_file) == config
     local_batching = local.read_batching_parameters(parsed.batching_parameters_file)
-    assert local_batching.max_batch_size.value == parse_batching(configmap["data"]["batching_parameters.txt"]).max_batch_size.value
+    expected = parse_batching(configmap["data"]["batching_parameters.txt"])
+    assert text_format.MessageToString(local_batching) == text_format.MessageToString(expected) != ""
+
+
+def test_client_defaults_reach_the_service_through_a_port_forward(monkeypatch):
+    # README: `kubectl port-forward svc/iris-serving 8500:8500`, then `iris-tfx predict` with its defaults.
+    import inspect
+    from serving import client
+    objects = render_overlay("prod")
+    service_ports = {p["name"]: p["port"] for p in one(objects, "Service", DEPLOYMENT)["spec"]["ports"]}
+    (model,) = parse_models_config(one(objects, "ConfigMap", CONFIGMAP)["data"]["models.config"]
+                                   ).model_config_list.config
+    api = inspect.signature(client.IrisClient.__init__).parameters
+    seen = []
+
+    class Recorder:
+        def __init__(self, target, model_name, *args, **kwargs):
+            seen.append((target, model_name))
+            raise client.ServingClientError("recorded")
+
+    monkeypatch.setattr(client, "IrisClient", Recorder)
+    assert client.main(["5.1", "3.5", "1.4", "0.2"]) != 0
+    for target, model_name in [(api["target"].default, api["model_name"].default)] + seen:
+        host, _, port = target.rpartition(":")
+        assert host == "localhost" and int(port) == service_ports["grpc"] == defaults.GRPC_PORT
+        assert model_name == model.name == defaults.MODEL_NAME
+    assert len(seen) == 1
 
 
 def test_config_files_parse_as_tf_serving_messages():

@@ -1,0 +1,59 @@
+"""Standalone training (e.g. a Kubeflow TFJob): Transform's outputs in, a serving SavedModel out, no TFX run.
+
+python -m components.train_standalone --transformed-examples DIR --transform-graph DIR --output DIR
+Under a TF_CONFIG naming several workers every worker runs this; the chief (or worker 0) writes --output.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+from typing import List, Optional
+
+from components import trainer
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    defaults = trainer.Hyperparameters()
+    parser = argparse.ArgumentParser(prog="python -m components.train_standalone", description=__doc__)
+    parser.add_argument("--transformed-examples", required=True,
+                        help="Transform's transformed_examples dir (holding Split-train/) or a file pattern")
+    parser.add_argument("--transform-graph", required=True, help="Transform's transform_graph dir")
+    parser.add_argument("--output", required=True, help="where the SavedModel is written")
+    parser.add_argument("--log-dir", help="TensorBoard logs (default: <output>-logs)")
+    for field in dataclasses.fields(defaults):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(getattr(defaults, field.name)),
+                            default=getattr(defaults, field.name))
+    args = parser.parse_args(argv)
+
+    import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    from tfx.components.trainer.fn_args_utils import DataAccessor  # pylint: disable=g-import-not-at-top
+    from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
+
+    pattern = args.transformed_examples
+    if os.path.isdir(os.path.join(pattern, "Split-train")):
+        pattern = os.path.join(pattern, "Split-train", "*")
+    if not os.path.isdir(os.path.join(args.transform_graph, "transform_fn")):
+        parser.error(f"--transform-graph {args.transform_graph}: not a Transform graph (no transform_fn/ inside)")
+    num_examples = trainer.count_examples([pattern])
+    if not num_examples:
+        parser.error(f"--transformed-examples {args.transformed_examples}: no examples found")
+
+    hparams = trainer.Hyperparameters(**{f.name: getattr(args, f.name) for f in dataclasses.fields(defaults)})
+    tf_transform_output = tft.TFTransformOutput(args.transform_graph)
+    # The same reader TFX's Trainer hands to run_fn (GZIP'd TFRecords of tf.Examples).
+    data_accessor = DataAccessor(
+        tf_dataset_factory=lambda files, options, schema: tfxio.TFExampleRecord(
+            file_pattern=files, schema=schema).TensorFlowDataset(options),
+        record_batch_factory=None, data_view_decode_fn=None)
+
+    def dataset_fn(input_context):
+        return trainer.dataset(data_accessor, [pattern], tf_transform_output, hparams, input_context)
+
+    trainer.train_and_export(dataset_fn, num_examples, tf_transform_output, hparams, args.output,
+                             args.log_dir or args.output.rstrip("/") + "-logs")
+    print(f"model written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
