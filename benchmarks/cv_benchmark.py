@@ -22,7 +22,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from components import constants  # noqa: E402
-from components.trainer import Hyperparameters  # noqa: E402
+from components.hyperparameters import Hyperparameters  # noqa: E402
 
 Rows = List[Dict[str, np.ndarray]]
 
@@ -69,7 +69,7 @@ def evaluate_fold(args) -> float:
                 np.array([d[label] for d in data], np.int64))
 
     x, y = columns(train_data)
-    hparams = trainer.Hyperparameters.from_custom_config(overrides)
+    hparams = Hyperparameters.from_custom_config(overrides)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=hparams.seed)

@@ -98,11 +98,11 @@ def load(target: str, payload: bytes, concurrency: int, seconds: float, procs: i
 
 
 class Server:
-    def __init__(self, base: str, batching: Optional[str], log_path: str):
+    def __init__(self, base: str, batching: Optional[str], log_path: str, extra: List[str]):
         self.grpc_port, self.rest_port = _free_port(), _free_port()
         args = [sys.executable, "-m", "serving.server", "--host=127.0.0.1", f"--port={self.grpc_port}",
                 f"--rest_api_port={self.rest_port}", f"--model_base_path={base}", "--model_name=iris",
-                "--file_system_poll_wait_seconds=0"]
+                "--file_system_poll_wait_seconds=0", *extra]
         if batching:
             args += ["--enable_batching", f"--batching_parameters_file={batching}"]
         self.log = open(log_path, "wb")
@@ -162,6 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each load run")
     p.add_argument("--client_procs", type=int, default=2, help="load-generator processes")
     p.add_argument("--batch_examples", type=int, default=256)
+    p.add_argument("--server_arg", action="append", default=[], help="extra server flag, e.g. --grpc_max_threads=4")
     args = p.parse_args(argv)
     model_dir = os.path.abspath(args.model_dir or _latest_version(os.path.join(REPO, defaults.MODEL_BASE_PATH)))
     work = tempfile.mkdtemp(prefix="serving-bench-")
@@ -181,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{'batching':9} {'examples':>8} {'conc':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'examples/s':>11} "
           f"{'errors':>6} {'p50/in-proc':>11}")
     for label, params in (("off", None), ("on", batching)):
-        server = Server(base, params, os.path.join(work, f"server-{label}.log"))
+        server = Server(base, params, os.path.join(work, f"server-{label}.log"), args.server_arg)
         try:
             runs = [(1, conc, one, t1) for conc in (1, 8, 32)] + [(args.batch_examples, 8, many, tn)]
             for n, conc, payload, t_in in runs:

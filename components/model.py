@@ -8,7 +8,7 @@ import tensorflow as tf
 from components import constants
 
 
-def build_model(num_classes: int, hidden_units: int = 8, learning_rate: float = 0.01,
+def build_model(num_classes: int, hidden_units: int = 8, learning_rate: float = 0.01, l2: float = 0.0,
                 steps_per_execution: int = 1) -> tf.keras.Model:
     """One hidden layer on the four transformed measurements; softmax over the species ids."""
     skip_autograph_for_tf_keras()
@@ -18,8 +18,10 @@ def build_model(num_classes: int, hidden_units: int = 8, learning_rate: float = 
         for key in constants.FEATURE_KEYS
     }
     x = tf.stack(list(inputs.values()), axis=-1)
-    x = tf.keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
-    outputs = tf.keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    regularizer = tf.keras.regularizers.L2(l2) if l2 else None
+    x = tf.keras.layers.Dense(hidden_units, activation="relu", kernel_regularizer=regularizer, name="hidden")(x)
+    outputs = tf.keras.layers.Dense(num_classes, activation="softmax", kernel_regularizer=regularizer,
+                                    name="probabilities")(x)
     model = tf.keras.Model(inputs=inputs, outputs=outputs)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(learning_rate),

@@ -9,11 +9,11 @@ import os
 import sys
 from typing import List, Optional
 
-from components import trainer
+from components.hyperparameters import Hyperparameters
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    defaults = trainer.Hyperparameters()
+    defaults = Hyperparameters()
     parser = argparse.ArgumentParser(prog="python -m components.train_standalone", description=__doc__)
     parser.add_argument("--transformed-examples", required=True,
                         help="Transform's transformed_examples dir (holding Split-train/) or a file pattern")
@@ -26,6 +26,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    from components import trainer  # pylint: disable=g-import-not-at-top
     from tfx.components.trainer.fn_args_utils import DataAccessor  # pylint: disable=g-import-not-at-top
     from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
 
@@ -38,7 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not num_examples:
         parser.error(f"--transformed-examples {args.transformed_examples}: no examples found")
 
-    hparams = trainer.Hyperparameters(**{f.name: getattr(args, f.name) for f in dataclasses.fields(defaults)})
+    hparams = Hyperparameters(**{f.name: getattr(args, f.name) for f in dataclasses.fields(defaults)})
     tf_transform_output = tft.TFTransformOutput(args.transform_graph)
     # The same reader TFX's Trainer hands to run_fn (GZIP'd TFRecords of tf.Examples).
     data_accessor = DataAccessor(

@@ -1,10 +1,9 @@
 """TFX Trainer run_fn: trains the classifier under the selected strategy and exports the serving model."""
-import dataclasses
 import math
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -12,22 +11,7 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from components import constants, model as model_lib
-
-@dataclasses.dataclass
-class Hyperparameters:
-    """Training knobs carried in the Trainer's custom_config (see pipeline.config.TrainingConfig)."""
-    hidden_units: int = 8
-    learning_rate: float = 0.01
-    epochs: int = 100
-    batch_size_per_replica: int = 8
-    seed: int = 42
-    cpu_replicas: int = 0
-
-    @classmethod
-    def from_custom_config(cls, custom_config: Dict[str, Any]) -> "Hyperparameters":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in (custom_config or {}).items() if k in known})
-
+from components.hyperparameters import Hyperparameters
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """TFX entry point: train on the transformed train split, export to fn_args.serving_model_dir."""
@@ -64,7 +48,7 @@ def train(dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], n
     with strategy.scope():
         model = model_lib.build_model(
             num_classes=num_classes, hidden_units=hparams.hidden_units, learning_rate=hparams.learning_rate,
-            steps_per_execution=steps_per_epoch)  # one tf.function call per epoch: far less overhead
+            l2=hparams.l2, steps_per_execution=steps_per_epoch)  # one tf.function call per epoch: far less overhead
     callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")] if log_dir else []
     model.fit(strategy.distribute_datasets_from_function(dataset_fn), epochs=hparams.epochs,
               steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks)

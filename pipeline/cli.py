@@ -9,7 +9,8 @@ import sys
 import time
 from typing import Iterator, List, Optional
 
-from pipeline.config import DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, PipelineConfig, TrainingConfig
+from components.hyperparameters import Hyperparameters
+from pipeline.config import DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, PipelineConfig
 
 EXIT_FAILED = 1       # a component failed (bad input, bad config, ...): nothing was pushed
 EXIT_NOT_BLESSED = 3  # the run completed but the model did not pass evaluation: nothing was pushed
@@ -45,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                           "--beam-arg=--runner=FlinkRunner (default: DirectRunner, multi-processing, "
                           "one worker per core)")
     run.add_argument("--accuracy-floor", type=float, default=PipelineConfig.accuracy_floor)
-    run.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
+    run.add_argument("--epochs", type=int, default=Hyperparameters.epochs)
     run.add_argument("--cpu-replicas", type=int, default=0,
                      help="train with MirroredStrategy over N logical CPU devices")
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
@@ -103,7 +104,7 @@ def _run_pipeline(args: argparse.Namespace):
     config = PipelineConfig(
         data_path=args.data, schema_path=args.schema, workdir=args.workdir, serving_dir=args.serving_dir,
         accuracy_floor=args.accuracy_floor, enable_cache=not args.no_cache,
-        training=dataclasses.replace(TrainingConfig(), epochs=args.epochs, cpu_replicas=args.cpu_replicas),
+        training=dataclasses.replace(Hyperparameters(), epochs=args.epochs, cpu_replicas=args.cpu_replicas),
         beam_pipeline_args=args.beam_arg if args.beam_arg is not None else runners.default_beam_args())
     _console(f"  pipeline root {config.pipeline_root}, models pushed to {config.push_dir}")
     failure = None

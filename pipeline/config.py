@@ -3,6 +3,8 @@ import dataclasses
 import os
 from typing import List, Optional
 
+from components.hyperparameters import Hyperparameters
+
 PIPELINE_NAME = "iris"
 DEFAULT_DATA = os.path.join("data", "iris.csv")
 DEFAULT_SCHEMA = os.path.join("schema", "schema.pbtxt")
@@ -19,17 +21,6 @@ DEFAULT_SERVING_DIR = default_serving_dir()
 
 
 @dataclasses.dataclass
-class TrainingConfig:
-    """Hyperparameters of the Trainer (passed to run_fn as custom_config)."""
-    hidden_units: int = 8
-    learning_rate: float = 0.01
-    epochs: int = 100
-    batch_size_per_replica: int = 8
-    seed: int = 42
-    cpu_replicas: int = 0  # >1: MirroredStrategy over this many logical CPU devices (no GPU needed)
-
-
-@dataclasses.dataclass
 class PipelineConfig:
     """Everything create_pipeline needs; paths may be local or any filesystem TFX supports."""
     data_path: str = DEFAULT_DATA
@@ -39,7 +30,7 @@ class PipelineConfig:
     model_name: str = DEFAULT_MODEL_NAME
     pipeline_name: str = PIPELINE_NAME
     accuracy_floor: float = 0.9
-    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    training: Hyperparameters = dataclasses.field(default_factory=Hyperparameters)
     beam_pipeline_args: List[str] = dataclasses.field(default_factory=list)
     enable_cache: bool = True
     use_resolver: bool = True  # Kubeflow's open-source backend has no resolver support

@@ -114,17 +114,19 @@ class ModelManager:
                 raise invalid(f"Model {c.name} requested unsupported platform {c.model_platform}")
         with self._poll_lock:
             with self._lock:
+                # Models no longer listed, or moved to another base path, have all their versions unloaded.
+                removed = [self._models.pop(n) for n, m in list(self._models.items())
+                           if n not in names or m.config.base_path != configs[names.index(n)].base_path]
                 for c in configs:
                     if c.name in self._models:
                         self._models[c.name].config = c
                     else:
                         self._models[c.name] = ManagedModel(c, {}, {})
-                removed = [self._models.pop(n) for n in list(self._models) if n not in names]
+            self._poll_locked()  # load new models and versions before unloading the removed ones
             for model in removed:
                 for st in list(model.versions.values()):
                     if st.state == State.AVAILABLE:
                         self._unload(model, st)
-            self._poll_locked()
             self._set_labels(configs)
 
     def _set_labels(self, configs) -> None:

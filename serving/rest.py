@@ -24,6 +24,7 @@ from serving.tensors import columns_to_json, json_to_ndarray, rows_to_json
 log = logging.getLogger(__name__)
 _SPEC = r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?"
 PREDICT_RE = re.compile(_SPEC + r":(classify|regress|predict)", re.IGNORECASE)
+DISCARD_LIMIT = 1 << 30  # an oversized body is read and dropped up to this size, then the connection is closed
 STATUS_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?", re.IGNORECASE)
 
 
@@ -294,7 +295,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return self._json(411, {"error": "Content-Length is required"})
             if int(length) > self.server.max_body:
-                self.close_connection = True  # refuse without reading the body
+                self.close_connection = True
+                self._discard(int(length))  # in small chunks, never held: lets the client read the answer
                 return self._json(413, {"error": f"Request body of {length} bytes exceeds the limit of "
                                                  f"{self.server.max_body} bytes"})
             body = self.rfile.read(int(length))
@@ -304,6 +306,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(404, {"error": f"Not found: {method} {path}"})
         status, doc = self.server.api.handle(method, path, body)
         self._json(status, doc)
+
+    def _discard(self, length: int) -> None:
+        remaining = min(length, DISCARD_LIMIT)
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 16))
+            if not chunk:
+                break
+            remaining -= len(chunk)
 
     def do_GET(self) -> None:  # noqa: N802 - BaseHTTPRequestHandler's naming
         self._serve("GET")

@@ -14,9 +14,10 @@ import tensorflow_data_validation as tfdv
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_metadata.proto.v0 import anomalies_pb2
-from tensorflow_transform.tf_metadata import dataset_metadata
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
 from components import constants, model as model_lib, trainer, transform, validation
+from components.hyperparameters import Hyperparameters
 from conftest import IRIS_CSV, REPO
 
 SCHEMA = str(REPO / "schema" / "schema.pbtxt")
@@ -40,6 +41,7 @@ def transformed(tmp_path_factory):
         (data, _), transform_fn = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
             transform.preprocessing_fn, output_record_batches=False)
         _ = transform_fn | tft_beam.WriteTransformFn(str(tmp / "transform_graph"))
+    metadata_io.write_metadata(metadata, str(tmp / "transform_graph" / "metadata"))  # raw schema, as TFX does
     return rows, data, tft.TFTransformOutput(str(tmp / "transform_graph"))
 
 
@@ -91,13 +93,14 @@ def test_default_strategy_without_gpus_or_cluster(monkeypatch):
 def _run_python(code: str) -> subprocess.CompletedProcess:
     """A fresh interpreter: logical devices can only be created before TensorFlow initialises."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TF_CONFIG": ""})
+                          text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
 
 
 def test_mirrored_strategy_over_two_logical_cpus_trains_with_a_scaled_batch():
     result = _run_python("""
         import numpy as np, tensorflow as tf
         from components import constants, model as model_lib, trainer
+        from components.hyperparameters import Hyperparameters
         strategy = model_lib.select_strategy(cpu_replicas=2)
         print("STRATEGY", type(strategy).__name__, strategy.num_replicas_in_sync)
         x = {constants.transformed_name(k): np.random.RandomState(0).randn(64).astype("float32")
@@ -107,7 +110,7 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_with_a_scaled_batch():
         def dataset_fn(ctx):
             sizes.append(ctx.get_per_replica_batch_size(8 * ctx.num_replicas_in_sync))
             return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(sizes[-1])
-        hparams = trainer.Hyperparameters(epochs=30, cpu_replicas=2)
+        hparams = Hyperparameters(epochs=30, cpu_replicas=2)
         model, used = trainer.train(dataset_fn, 64, 2, hparams)
         accuracy = np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y)
         print("RESULT", type(used).__name__, used.num_replicas_in_sync, sizes[0], accuracy)
@@ -135,7 +138,7 @@ def exported(transformed, tmp_path_factory):
     _, data, tf_transform_output = transformed
     x = {k: np.array([d[k] for d in data], np.float32) for k in data[0] if k != LABEL_XF}
     y = np.array([d[LABEL_XF] for d in data], np.int64)
-    hparams = trainer.Hyperparameters()
+    hparams = Hyperparameters()
 
     def dataset_fn(ctx):
         return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(150, seed=1).repeat().batch(
@@ -147,10 +150,14 @@ def exported(transformed, tmp_path_factory):
     return export_dir
 
 
-def _examples(rows):
+def _examples(rows, with_label=False):
+    def feature(key, value):
+        if key == constants.LABEL_KEY:
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value[0]]))
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value[0])]))
+    keys = constants.CSV_COLUMNS if with_label else constants.FEATURE_KEYS
     return tf.constant([tf.train.Example(features=tf.train.Features(feature={
-        k: tf.train.Feature(float_list=tf.train.FloatList(value=[float(r[k][0])]))
-        for k in constants.FEATURE_KEYS})).SerializeToString() for r in rows])
+        k: feature(k, r[k]) for k in keys})).SerializeToString() for r in rows])
 
 
 def test_signatures_return_probabilities_and_class_names(exported):
@@ -176,8 +183,11 @@ def test_signatures_return_probabilities_and_class_names(exported):
     np.testing.assert_allclose(classified[constants.SCORES_OUTPUT].numpy(), probabilities, rtol=1e-5)
     assert (classified[constants.CLASSES_OUTPUT].numpy() == classes).all()
 
-    transformed_features = signatures[constants.TRANSFORM_SIGNATURE](**{constants.EXAMPLES_INPUT: _examples(rows)})
-    assert set(transformed_features) >= {constants.transformed_name(k) for k in constants.FEATURE_KEYS}
+    transformed_features = signatures[constants.TRANSFORM_SIGNATURE](
+        **{constants.EXAMPLES_INPUT: _examples(rows, with_label=True)})
+    assert set(transformed_features) == {constants.transformed_name(k) for k in constants.CSV_COLUMNS}
+    label_ids = transformed_features[LABEL_XF].numpy()
+    assert [classes[0][i].decode() for i in label_ids] == ["setosa", "versicolor", "virginica"]
 
 
 def test_classification_signature_has_tf_serving_method_name(exported):
@@ -193,7 +203,7 @@ def test_training_is_deterministic(transformed):
     _, data, _ = transformed
     x = {k: np.array([d[k] for d in data], np.float32) for k in data[0] if k != LABEL_XF}
     y = np.array([d[LABEL_XF] for d in data], np.int64)
-    hparams = trainer.Hyperparameters(epochs=5)
+    hparams = Hyperparameters(epochs=5)
 
     def dataset_fn(ctx):
         return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(150, seed=3).repeat().batch(8)

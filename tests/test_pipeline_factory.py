@@ -2,7 +2,8 @@
 import dataclasses
 
 from components import constants
-from pipeline.config import PipelineConfig, TrainingConfig
+from components.hyperparameters import Hyperparameters
+from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 
 ALL = ["CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate", "Transform",
@@ -15,7 +16,7 @@ def _components(config):
 
 def test_every_component_is_wired_from_the_config(tmp_path):
     config = PipelineConfig(data_path="/data/in/my.csv", workdir=str(tmp_path), accuracy_floor=0.8,
-                            training=TrainingConfig(epochs=7), beam_pipeline_args=["--runner=DirectRunner"])
+                            training=Hyperparameters(epochs=7), beam_pipeline_args=["--runner=DirectRunner"])
     pipeline = create_pipeline(config)
     components = {c.id: c for c in pipeline.components}
     assert sorted(components) == sorted(ALL)

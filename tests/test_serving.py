@@ -35,16 +35,6 @@ SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [7.7, 3.0, 6.1, 2.3]
 State = get_model_status_pb2.ModelVersionStatus.State
 
-_CONFTEST = pathlib.Path(__file__).with_name("conftest.py")
-if "def pushed_model" not in (_CONFTEST.read_text() if _CONFTEST.exists() else ""):
-    # TEMPORARY (remove once tests/conftest.py provides `pushed_model`): a SavedModel built to the same contract.
-    @pytest.fixture(scope="session")
-    def pushed_model(tmp_path_factory) -> pathlib.Path:
-        if os.environ.get("SERVING_TEST_MODEL"):  # a version directory pushed by `iris-tfx run`
-            return pathlib.Path(os.environ["SERVING_TEST_MODEL"])
-        return h.build_contract_model(str(tmp_path_factory.mktemp("pushed") / "1"))
-
-
 # --- helpers ------------------------------------------------------------------------------------------------
 def example(values) -> example_pb2.Example:
     ex = example_pb2.Example()
@@ -110,6 +100,22 @@ def wait_for(predicate, timeout=120, what="condition"):
 
 
 # --- the main server: a config file with two models, version policies and labels --------------------------
+MODEL_CONFIG = """
+model_config_list {{
+  config {{
+    name: "iris"  base_path: "{base}"  model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: {stable} }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+  config {{
+    name: "iris_all"  base_path: "{base}"
+    model_version_policy {{ all {{}} }}
+  }}
+}}
+"""
+
+
 @pytest.fixture(scope="module")
 def server(pushed_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
@@ -118,22 +124,11 @@ def server(pushed_model, tmp_path_factory):
         h.copy_version(pushed_model, base, v)
     write_warmup(base / "2")
     config = root / "models.config"
-    config.write_text(f"""
-model_config_list {{
-  config {{
-    name: "iris"  base_path: "{base}"  model_platform: "tensorflow"
-    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
-    version_labels {{ key: "stable" value: 1 }}
-    version_labels {{ key: "canary" value: 2 }}
-  }}
-  config {{
-    name: "iris_all"  base_path: "{base}"
-    model_version_policy {{ all {{}} }}
-  }}
-}}
-""")
-    proc = h.ServerProcess([f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
-                            "--max_request_bytes=1000000"], root / "server.log").wait_ready()
+    config.write_text(MODEL_CONFIG.format(base=base, stable=1))
+    proc = h.ServerProcess([f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
+                            "--file_system_poll_wait_seconds=1", "--max_request_bytes=1000000"],
+                           root / "server.log").wait_ready()
+    proc.config, proc.base = config, base
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -436,9 +431,11 @@ def test_python_client(server):
 
 
 def run_cli(*args):
+    """`iris-tfx predict ...` as a user runs it."""
+    command = h.iris_tfx_command()
+    command = command + ["predict"] if command else [sys.executable, "-m", "serving.client"]
     env = dict(os.environ, PYTHONPATH=str(h.REPO))
-    return subprocess.run([sys.executable, "-m", "serving.client", *args], capture_output=True, text=True,
-                          env=env, cwd=str(h.REPO), timeout=120)
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, cwd=str(h.REPO), timeout=120)
 
 
 def test_cli_predict_values_and_csv(server, tmp_path):
@@ -458,6 +455,15 @@ def test_cli_clear_errors(server):
     assert missing.returncode == 1 and "model 'nope' is not served" in missing.stderr
     down = run_cli("--server", f"127.0.0.1:{h.free_port()}", "--timeout", "5", *map(str, SETOSA))
     assert down.returncode == 1 and "cannot reach a model server" in down.stderr
+
+
+def test_model_config_file_is_polled(server):
+    """Runs last on this server: moves the `stable` label to version 2 by rewriting the config file."""
+    server.config.write_text(MODEL_CONFIG.format(base=server.base, stable=2))
+
+    def stable_version():
+        return http(f"{server.rest_url}/v1/models/iris/labels/stable")[1]["model_version_status"][0]["version"]
+    wait_for(lambda: stable_version() == "2", what="label moved by the polled config file")
 
 
 # --- lifecycle: hot reload under load, broken versions, config reload, batching, SIGTERM drain ---------------
@@ -592,7 +598,7 @@ def test_sigterm_drains_in_flight_requests(pushed_model, tmp_path):
     (tmp_path / "batching.config").write_text("max_batch_size { value: 1000 } batch_timeout_micros { value: 3000000 }")
     proc = h.ServerProcess([f"--model_base_path={base}", "--enable_batching",
                             f"--batching_parameters_file={tmp_path / 'batching.config'}"],
-                           tmp_path / "server.log").wait_ready()
+                           tmp_path / "server.log", use_console_command=True).wait_ready()  # `iris-tfx serve`
     try:
         outcome = {}
 
