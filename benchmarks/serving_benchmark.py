@@ -5,7 +5,7 @@
 Starts the server (batching off, then on) on loopback and drives it with a gRPC load generator on the same
 machine (grpc.aio in --client_procs processes, pre-serialized requests). Prints p50/p99 latency and req/s for
 Predict with 1 example at concurrency 1, 8, 32; examples/s with 256-example requests; the in-process time of the
-signature and the server/in-process ratio.
+signature and the server/in-process ratio; and the server's CPU time per request (robust to other load).
 """
 import argparse
 import asyncio
@@ -135,7 +135,8 @@ def in_process(model_dir: str, n: int, seconds: float) -> float:
     import tensorflow as tf
     from components import constants as c
     from serving.servable import Servable, session_config
-    servable = Servable("iris", 1, model_dir, session_config(0, 0))
+    from serving import defaults
+    servable = Servable("iris", 1, model_dir, session_config(defaults.INTRA_OP_THREADS, defaults.INTER_OP_THREADS))
     inputs = {c.EXAMPLES_INPUT: np.array(_examples(n), dtype=object)}
     outputs = sorted(servable.signatures[c.SERVING_SIGNATURE].outputs)
     times = []
@@ -146,6 +147,16 @@ def in_process(model_dir: str, n: int, seconds: float) -> float:
         times.append(time.perf_counter() - start)
     del tf
     return float(np.median(times))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process (Linux /proc), to report server CPU per request despite other load."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
 
 
 def _latest_version(base: str) -> str:
@@ -180,15 +191,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"in-process serving_default: 1 example {t1 * 1e3:.3f} ms; {args.batch_examples} examples "
           f"{tn * 1e3:.3f} ms = {args.batch_examples / tn:,.0f} examples/s")
     print(f"{'batching':9} {'examples':>8} {'conc':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'examples/s':>11} "
-          f"{'errors':>6} {'p50/in-proc':>11}")
+          f"{'errors':>6} {'p50/in-proc':>11} {'server CPU us/req':>17}")
     for label, params in (("off", None), ("on", batching)):
         server = Server(base, params, os.path.join(work, f"server-{label}.log"), args.server_arg)
         try:
             runs = [(1, conc, one, t1) for conc in (1, 8, 32)] + [(args.batch_examples, 8, many, tn)]
             for n, conc, payload, t_in in runs:
+                cpu = _cpu_seconds(server.proc.pid)
                 r = load(server.target, payload, conc, args.seconds, args.client_procs)
+                cpu_us = (_cpu_seconds(server.proc.pid) - cpu) / max(1.0, r["rps"] * args.seconds) * 1e6
                 print(f"{label:9} {n:8d} {conc:5d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['rps']:9,.0f} "
-                      f"{r['rps'] * n:11,.0f} {r['errors']:6d} {r['p50_ms'] / 1e3 / t_in:11.1f}")
+                      f"{r['rps'] * n:11,.0f} {r['errors']:6d} {r['p50_ms'] / 1e3 / t_in:11.1f} {cpu_us:17,.0f}")
         finally:
             server.stop()
     return 0

@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     error = _check_inputs(args)
     if error:
-        print(f"iris-tfx: error: {error}", file=sys.stderr)
+        print(f"iris-tfx: error: {error}\nNo model was pushed.", file=sys.stderr)
         return EXIT_FAILED
     os.makedirs(args.workdir, exist_ok=True)
     log_path = os.path.join(args.workdir, "logs", datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S.log"))

@@ -104,7 +104,8 @@ def parse_flags(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--rest_api_port", type=int, default=defaults.REST_PORT, help="REST port (0 disables REST)")
     p.add_argument("--model_name", default=defaults.MODEL_NAME)
     p.add_argument("--model_base_path", default=defaults.MODEL_BASE_PATH)
-    p.add_argument("--model_config_file", default="", help="ModelServerConfig text file (overrides model_name/_base_path)")
+    p.add_argument("--model_config_file", default="",
+                   help="ModelServerConfig text file (overrides --model_name and --model_base_path)")
     p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0,
                    help="re-read --model_config_file this often (0: never)")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1,
@@ -116,8 +117,10 @@ def parse_flags(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--rest_api_num_threads", type=int, default=defaults.REST_THREADS_PER_CORE * cores)
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
                    help="socket timeout of REST connections (idle or slow clients are dropped)")
-    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
-    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=defaults.INTRA_OP_THREADS,
+                   help="threads per op (0: one per core)")
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=defaults.INTER_OP_THREADS,
+                   help="threads running ops (0: one per core; negative: each request's own thread)")
     p.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
                    default=False)
     # Extensions of this server (not tensorflow_model_server flags).

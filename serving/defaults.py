@@ -24,4 +24,8 @@ def cpu_count() -> int:
     import os
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-MAX_CONCURRENT_RPCS = 1024       # gRPC requests beyond this are refused with RESOURCE_EXHAUSTED
+MAX_CONCURRENT_RPCS = 1024
+# Session threading for small models: ops run in the request's own thread (no hand-off to TF's pools, which
+# spin), one thread per op; concurrent requests still use every core. TF Serving's defaults are 0 and 0.
+INTRA_OP_THREADS = 1
+INTER_OP_THREADS = -1       # gRPC requests beyond this are refused with RESOURCE_EXHAUSTED

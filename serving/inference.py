@@ -103,7 +103,7 @@ def predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_
     response = predict_pb2.PredictResponse()
     fill_model_spec(response.model_spec, servable, name)
     for alias, array in outputs.items():
-        response.outputs[alias].CopyFrom(ndarray_to_proto(array))
+        ndarray_to_proto(array, response.outputs[alias])
     return response
 
 

@@ -1,10 +1,10 @@
 """Conversions between numpy arrays, TensorProtos (TF Serving's AsProtoField layout) and TF Serving's JSON."""
 import base64
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.errors import invalid
 
@@ -34,19 +34,29 @@ def proto_to_ndarray(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
         raise invalid(f"tensor parsing error: {alias}") from None
 
 
-def ndarray_to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+def ndarray_to_proto(array: np.ndarray, proto: Optional[tensor_pb2.TensorProto] = None) -> tensor_pb2.TensorProto:
+    """Fill `proto` (e.g. response.outputs[alias], avoiding a copy) or a new TensorProto with array's values."""
+    proto = tensor_pb2.TensorProto() if proto is None else proto
     array = np.asarray(array)
-    dtype = types_pb2.DT_STRING if array.dtype.kind in "OSU" else tf.as_dtype(array.dtype).as_datatype_enum
-    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]))
+    dtype = _DT_BY_NUMPY.get(array.dtype)
+    if dtype is None:
+        dtype = types_pb2.DT_STRING if array.dtype.kind in "OSU" else tf.as_dtype(array.dtype).as_datatype_enum
+        _DT_BY_NUMPY[array.dtype] = dtype
     field = _VALUE_FIELDS.get(dtype)
     if field is None:
-        return tf.make_tensor_proto(array)
+        proto.CopyFrom(tf.make_tensor_proto(array))
+        return proto
+    proto.dtype = dtype
+    for d in array.shape:
+        proto.tensor_shape.dim.add().size = d
     values = array.ravel().tolist()
     if dtype == types_pb2.DT_STRING and not all(type(v) is bytes for v in values):
         values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
     getattr(proto, field).extend(values)
     return proto
+
+
+_DT_BY_NUMPY: Dict[np.dtype, int] = {}
 
 
 # --- JSON (TF Serving's util/json_tensor.cc); hand-written: no library speaks this format. ---

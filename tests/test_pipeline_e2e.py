@@ -54,9 +54,9 @@ def test_pushed_model_predicts_known_samples(pushed_model):
 
 
 def test_rerun_with_unchanged_inputs_uses_the_cache(pipeline_run, tmp_path):
-    # Same workdir (pipeline root and MLMD), another serving dir so the first run's push stays the only one.
-    result = iris_tfx("run", "--workdir", str(pipeline_run.workdir), "--serving-dir", str(tmp_path / "models"),
-                      *FAST_BEAM)
+    # Same workdir and settings (Beam args are part of the cache key); another serving dir, so that the
+    # first run's push stays the only one there.
+    result = iris_tfx("run", "--workdir", str(pipeline_run.workdir), "--serving-dir", str(tmp_path / "models"))
     assert result.returncode == 0, result.stdout + result.stderr
     for component in ("CsvExampleGen", "StatisticsGen", "Transform", "Trainer"):
         assert re.search(rf"^\s+{component}\s+CACHED\s", result.stdout, re.M), (component, result.stdout)

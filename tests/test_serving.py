@@ -1,5 +1,6 @@
 """End-to-end tests of the TF Serving-compatible server and client: real server processes on loopback,
 real gRPC (tensorflow-serving-api stubs) and HTTP, the pipeline's pushed SavedModel."""
+import base64
 import json
 import os
 import pathlib
@@ -179,7 +180,8 @@ def test_versions_and_labels_select_the_servable(stub):
     assert stub.Predict(predict_request([SETOSA], label="stable"), timeout=30).model_spec.version.value == 1
     assert stub.Predict(predict_request([SETOSA], label="canary"), timeout=30).model_spec.version.value == 2
     assert stub.Predict(predict_request([SETOSA], model="iris_all"), timeout=30).model_spec.version.value == 3
-    assert stub.Predict(predict_request([SETOSA], model="iris_all", version=1), timeout=30).model_spec.version.value == 1
+    request = predict_request([SETOSA], model="iris_all", version=1)
+    assert stub.Predict(request, timeout=30).model_spec.version.value == 1
 
 
 def test_warmup_requests_replayed_before_serving(server):
@@ -350,7 +352,7 @@ def test_rest_predict_row_and_columnar(server):
     columns = {k: [SETOSA[i], VIRGINICA[i]] for i, k in enumerate(c.FEATURE_KEYS)}
     status, body = http(url, {"signature_name": c.RAW_SIGNATURE, "inputs": columns})
     assert status == 200 and body["outputs"][c.PREDICTED_OUTPUT] == ["setosa", "virginica"]
-    b64 = __import__("base64").b64encode(example(VIRGINICA).SerializeToString()).decode()
+    b64 = base64.b64encode(example(VIRGINICA).SerializeToString()).decode()
     status, body = http(f"{server.rest_url}/v1/models/iris/labels/canary:predict", {"instances": [{"b64": b64}]})
     assert status == 200 and body["predictions"][0][c.PREDICTED_OUTPUT] == "virginica"
 
