@@ -61,6 +61,31 @@ def _parser() -> argparse.ArgumentParser:
     propose.add_argument("--out", default=os.path.join("schema", "proposed_schema.pbtxt"))
     propose.set_defaults(handler=_propose_schema)
 
+    kubeflow = commands.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines, submit it")
+    kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True, metavar="COMMAND")
+    compile_ = kubeflow_commands.add_parser("compile", help="write a KFP v2 pipeline.yaml (no Resolver node)")
+    compile_.add_argument("--image", required=True, help="the pipeline image (see Dockerfile), e.g. "
+                          "registry.example.com/iris-tfx:0.1.0")
+    compile_.add_argument("--pipeline-root", required=True, help="object-store URI or volume path for artifacts")
+    compile_.add_argument("--data", required=True, help="the CSV as the pods see it (URI or volume path)")
+    compile_.add_argument("--serving-dir", required=True, help="base path blessed models are pushed to, where "
+                          "TF Serving reads (e.g. the iris-models volume's /models/iris)")
+    compile_.add_argument("--schema", default="/iris-tfx/schema/schema.pbtxt",
+                          help="the curated schema as the pods see it (default: the copy in the image)")
+    compile_.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
+                          help="Beam pipeline arg for the components' Beam jobs, repeatable")
+    compile_.add_argument("--accuracy-floor", type=float, default=PipelineConfig.accuracy_floor)
+    compile_.add_argument("--output", default="pipeline.yaml")
+    compile_.set_defaults(handler=_kubeflow_compile)
+    submit = kubeflow_commands.add_parser("submit", help="upload and start a run with kfp.Client")
+    submit.add_argument("--package", default="pipeline.yaml", help="compiled pipeline (default: %(default)s)")
+    submit.add_argument("--host", help="Kubeflow Pipelines API endpoint")
+    submit.add_argument("--experiment", default="iris")
+    submit.add_argument("--run-name")
+    submit.add_argument("--namespace")
+    submit.add_argument("--dry-run", action="store_true", help="everything but the network call")
+    submit.set_defaults(handler=_kubeflow_submit)
+
     # Listed for --help; main() dispatches them before argparse sees their flags.
     commands.add_parser("serve", help="TF Serving-compatible model server (see iris-tfx serve --help)")
     commands.add_parser("predict", help="query a model server over gRPC (see iris-tfx predict --help)")
@@ -177,6 +202,37 @@ def _logs_to(path: str) -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _kubeflow_compile(args: argparse.Namespace) -> int:
+    from pipeline import kubeflow, runners  # pylint: disable=g-import-not-at-top
+    config = PipelineConfig(
+        data_path=args.data, schema_path=args.schema, serving_dir=args.serving_dir,
+        pipeline_root_uri=args.pipeline_root, accuracy_floor=args.accuracy_floor,
+        beam_pipeline_args=args.beam_arg if args.beam_arg is not None else runners.default_beam_args())
+    try:
+        path = kubeflow.compile_pipeline(config, args.image, args.output)
+    except ValueError as err:
+        print(f"iris-tfx: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Wrote {path} (image {args.image}, pipeline root {args.pipeline_root}); "
+          f"submit it with: iris-tfx kubeflow submit --package {path} --host URL")
+    return 0
+
+
+def _kubeflow_submit(args: argparse.Namespace) -> int:
+    from pipeline import kubeflow  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(args.package):
+        print(f"iris-tfx: error: --package {args.package}: no such file (run iris-tfx kubeflow compile first)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        print(kubeflow.submit(args.package, args.host, args.experiment, args.run_name, args.namespace,
+                              args.dry_run))
+    except Exception as err:  # pylint: disable=broad-except  (connection, auth and spec errors alike)
+        print(f"iris-tfx: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
 
 
 def _propose_schema(args: argparse.Namespace) -> int:

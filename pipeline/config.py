@@ -34,10 +34,11 @@ class PipelineConfig:
     beam_pipeline_args: List[str] = dataclasses.field(default_factory=list)
     enable_cache: bool = True
     use_resolver: bool = True  # Kubeflow's open-source backend has no resolver support
+    pipeline_root_uri: Optional[str] = None  # None: <workdir>/pipeline_root (e.g. gs://bucket/iris on Kubeflow)
 
     @property
     def pipeline_root(self) -> str:
-        return os.path.join(self.workdir, "pipeline_root")
+        return self.pipeline_root_uri or os.path.join(self.workdir, "pipeline_root")
 
     @property
     def metadata_path(self) -> str:
