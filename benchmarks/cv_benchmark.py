@@ -75,7 +75,7 @@ def evaluate_fold(args) -> float:
         return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=hparams.seed)
                 .repeat().batch(ctx.get_per_replica_batch_size(hparams.batch_size_per_replica)))
 
-    model, _ = trainer.train(dataset_fn, len(y), len(constants.CLASS_NAMES), hparams)
+    model = trainer.train(tf.distribute.get_strategy(), dataset_fn, len(y), len(constants.CLASS_NAMES), hparams)
     tx, ty = columns(test_data)
     return float(np.mean(np.argmax(model.predict(tx, verbose=0), axis=1) == ty))
 

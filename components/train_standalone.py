@@ -25,8 +25,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                             default=getattr(defaults, field.name))
     args = parser.parse_args(argv)
 
+    hparams = Hyperparameters(**{f.name: getattr(args, f.name) for f in dataclasses.fields(defaults)})
     import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-    from components import trainer  # pylint: disable=g-import-not-at-top
+    from components import model as model_lib, trainer  # pylint: disable=g-import-not-at-top
+    strategy = model_lib.select_strategy(hparams.cpu_replicas)  # first: collectives need an unused runtime
     from tfx.components.trainer.fn_args_utils import DataAccessor  # pylint: disable=g-import-not-at-top
     from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
 
@@ -39,7 +41,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not num_examples:
         parser.error(f"--transformed-examples {args.transformed_examples}: no examples found")
 
-    hparams = Hyperparameters(**{f.name: getattr(args, f.name) for f in dataclasses.fields(defaults)})
     tf_transform_output = tft.TFTransformOutput(args.transform_graph)
     # The same reader TFX's Trainer hands to run_fn (GZIP'd TFRecords of tf.Examples).
     data_accessor = DataAccessor(
@@ -50,9 +51,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     def dataset_fn(input_context):
         return trainer.dataset(data_accessor, [pattern], tf_transform_output, hparams, input_context)
 
-    trainer.train_and_export(dataset_fn, num_examples, tf_transform_output, hparams, args.output,
-                             args.log_dir or args.output.rstrip("/") + "-logs")
-    print(f"model written to {args.output}")
+    wrote = trainer.train_and_export(strategy, dataset_fn, num_examples, tf_transform_output, hparams, args.output,
+                                     args.log_dir or args.output.rstrip("/") + "-logs")
+    print(f"model written to {args.output}" if wrote else "trained; the chief (worker 0) writes the model")
     return 0
 
 

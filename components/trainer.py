@@ -3,7 +3,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -16,13 +16,14 @@ from components.hyperparameters import Hyperparameters
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """TFX entry point: train on the transformed train split, export to fn_args.serving_model_dir."""
     hparams = Hyperparameters.from_custom_config(fn_args.custom_config)
+    strategy = model_lib.select_strategy(hparams.cpu_replicas)  # first: collectives need an unused runtime
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         return dataset(fn_args.data_accessor, fn_args.train_files, tf_transform_output, hparams,
                         input_context)
 
-    train_and_export(dataset_fn, count_examples(fn_args.train_files), tf_transform_output, hparams,
+    train_and_export(strategy, dataset_fn, count_examples(fn_args.train_files), tf_transform_output, hparams,
                      fn_args.serving_model_dir, fn_args.model_run_dir)
 
 
@@ -32,10 +33,10 @@ def count_examples(file_patterns: List[str]) -> int:
     return int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(0, lambda n, _: n + 1))
 
 
-def train(dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], num_examples: int,
-          num_classes: int, hparams: Hyperparameters, log_dir: Optional[str] = None
-          ) -> Tuple[tf.keras.Model, tf.distribute.Strategy]:
-    """Seeds, builds the model inside the selected strategy and fits it for hparams.epochs epochs."""
+def train(strategy: tf.distribute.Strategy, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+          num_examples: int, num_classes: int, hparams: Hyperparameters, log_dir: Optional[str] = None
+          ) -> tf.keras.Model:
+    """Seeds, builds the model inside the strategy (see model.select_strategy) and fits it."""
     if not tf.keras.__name__.startswith("tf_keras"):
         raise RuntimeError("TFX 1.16 needs Keras 2: install tf-keras and set TF_USE_LEGACY_KERAS=1 before "
                            f"TensorFlow is imported (tf.keras is {tf.keras.__name__})")
@@ -43,7 +44,6 @@ def train(dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], n
         raise ValueError("there are no training examples")
     tf.keras.utils.set_random_seed(hparams.seed)
     tf.config.experimental.enable_op_determinism()
-    strategy = model_lib.select_strategy(hparams.cpu_replicas)
     steps_per_epoch = math.ceil(num_examples / (hparams.batch_size_per_replica * strategy.num_replicas_in_sync))
     with strategy.scope():
         model = model_lib.build_model(
@@ -52,21 +52,27 @@ def train(dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], n
     callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")] if log_dir else []
     model.fit(strategy.distribute_datasets_from_function(dataset_fn), epochs=hparams.epochs,
               steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks)
-    return model, strategy
-
-
-def train_and_export(dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], num_examples: int,
-                     tf_transform_output: tft.TFTransformOutput, hparams: Hyperparameters,
-                     serving_model_dir: str, log_dir: str) -> tf.keras.Model:
-    """Trains, then exports the serving model (only the chief's copy is kept under multi-worker)."""
-    model, strategy = train(
-        dataset_fn, num_examples, tf_transform_output.vocabulary_size_by_name(constants.LABEL_VOCABULARY),
-        hparams, log_dir)
-    export_dir = _export_dir(strategy, serving_model_dir)
-    export_serving_model(model, tf_transform_output, export_dir)
-    if export_dir != serving_model_dir:
-        shutil.rmtree(export_dir, ignore_errors=True)  # non-chief workers only write to join the collectives
     return model
+
+
+def train_and_export(strategy: tf.distribute.Strategy,
+                     dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], num_examples: int,
+                     tf_transform_output: tft.TFTransformOutput, hparams: Hyperparameters,
+                     serving_model_dir: str, log_dir: str) -> bool:
+    """Trains, then exports the serving model; under multi-worker only the chief's copy is kept.
+
+    Returns whether this task wrote serving_model_dir (False on non-chief workers)."""
+    chief = is_chief(strategy)
+    scratch = None if chief else tempfile.mkdtemp(prefix="iris-worker-")  # others write only to join collectives
+    try:
+        model = train(strategy, dataset_fn, num_examples,
+                      tf_transform_output.vocabulary_size_by_name(constants.LABEL_VOCABULARY), hparams,
+                      log_dir if chief else os.path.join(scratch, "logs"))
+        export_serving_model(model, tf_transform_output, serving_model_dir if chief else os.path.join(scratch, "model"))
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return chief
 
 
 def dataset(data_accessor: tfx.components.DataAccessor, file_pattern: List[str],
@@ -84,14 +90,15 @@ def dataset(data_accessor: tfx.components.DataAccessor, file_pattern: List[str],
     return batches.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
 
-def _export_dir(strategy: tf.distribute.Strategy, serving_model_dir: str) -> str:
-    """The real export dir for the chief (or worker 0), a throwaway temp dir for other workers."""
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless this is a multi-worker task other than the chief (or worker 0 when there is no chief)."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type or resolver.task_type == "chief" or (
-            resolver.task_type == "worker" and resolver.task_id == 0
-            and "chief" not in resolver.cluster_spec().as_dict()):
-        return serving_model_dir
-    return tempfile.mkdtemp(prefix=f"{resolver.task_type}-{resolver.task_id}-")
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def export_serving_model(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,

@@ -111,9 +111,10 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_with_a_scaled_batch():
             sizes.append(ctx.get_per_replica_batch_size(8 * ctx.num_replicas_in_sync))
             return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(sizes[-1])
         hparams = Hyperparameters(epochs=30, cpu_replicas=2)
-        model, used = trainer.train(dataset_fn, 64, 2, hparams)
+        model = trainer.train(strategy, dataset_fn, 64, 2, hparams)
         accuracy = np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y)
-        print("RESULT", type(used).__name__, used.num_replicas_in_sync, sizes[0], accuracy)
+        print("RESULT", type(model.distribute_strategy).__name__, model.distribute_strategy.num_replicas_in_sync,
+              sizes[0], accuracy)
     """)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "STRATEGY MirroredStrategy 2" in result.stdout
@@ -145,7 +146,8 @@ def exported(transformed, tmp_path_factory):
             ctx.get_per_replica_batch_size(hparams.batch_size_per_replica))
 
     export_dir = str(tmp_path_factory.mktemp("export") / "model")
-    trainer.train_and_export(dataset_fn, len(y), tf_transform_output, hparams, export_dir,
+    trainer.train_and_export(tf.distribute.get_strategy(), dataset_fn, len(y), tf_transform_output, hparams,
+                             export_dir,
                              str(tmp_path_factory.mktemp("logs")))
     return export_dir
 
@@ -208,8 +210,8 @@ def test_training_is_deterministic(transformed):
     def dataset_fn(ctx):
         return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(150, seed=3).repeat().batch(8)
 
-    first, _ = trainer.train(dataset_fn, len(y), 3, hparams)
-    second, _ = trainer.train(dataset_fn, len(y), 3, hparams)
+    first = trainer.train(tf.distribute.get_strategy(), dataset_fn, len(y), 3, hparams)
+    second = trainer.train(tf.distribute.get_strategy(), dataset_fn, len(y), 3, hparams)
     for a, b in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_array_equal(a, b)
 

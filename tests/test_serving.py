@@ -29,7 +29,7 @@ from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 from components import constants as c  # noqa: E402
 from serving.client import IrisClient, ServingClientError  # noqa: E402
-from tests import serving_helpers as h  # noqa: E402
+import serving_helpers as h  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 SETOSA = [5.1, 3.5, 1.4, 0.2]
