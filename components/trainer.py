@@ -13,6 +13,7 @@ from tfx_bsl.public import tfxio
 from components import constants, model as model_lib
 from components.hyperparameters import Hyperparameters
 
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """TFX entry point: train on the transformed train split, export to fn_args.serving_model_dir."""
     hparams = Hyperparameters.from_custom_config(fn_args.custom_config)
@@ -68,7 +69,8 @@ def train_and_export(strategy: tf.distribute.Strategy,
         model = train(strategy, dataset_fn, num_examples,
                       tf_transform_output.vocabulary_size_by_name(constants.LABEL_VOCABULARY), hparams,
                       log_dir if chief else os.path.join(scratch, "logs"))
-        export_serving_model(model, tf_transform_output, serving_model_dir if chief else os.path.join(scratch, "model"))
+        export_serving_model(model, tf_transform_output,
+                             serving_model_dir if chief else os.path.join(scratch, "model"))
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -82,8 +84,7 @@ def dataset(data_accessor: tfx.components.DataAccessor, file_pattern: List[str],
     batches = data_accessor.tf_dataset_factory(
         file_pattern,
         tfxio.TensorFlowDatasetOptions(
-            batch_size=input_context.get_per_replica_batch_size(
-                hparams.batch_size_per_replica * input_context.num_replicas_in_sync),
+            batch_size=hparams.batch_size_per_replica,  # per replica: the global batch scales with replicas
             label_key=constants.transformed_name(constants.LABEL_KEY),
             shuffle=True, shuffle_seed=hparams.seed, num_epochs=None),
         tf_transform_output.transformed_metadata.schema)
@@ -93,9 +94,7 @@ def dataset(data_accessor: tfx.components.DataAccessor, file_pattern: List[str],
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True unless this is a multi-worker task other than the chief (or worker 0 when there is no chief)."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
+    if resolver is None or not resolver.task_type or resolver.task_type == "chief":
         return True
     return (resolver.task_type == "worker" and resolver.task_id == 0
             and "chief" not in resolver.cluster_spec().as_dict())

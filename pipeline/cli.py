@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from typing import Iterator, List, Optional
 
 from components.hyperparameters import Hyperparameters
@@ -18,6 +19,8 @@ EXIT_NOT_BLESSED = 3  # the run completed but the model did not pass evaluation:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Google's client libraries (pulled in by TFX) warn about Python 3.10 on import: not the user's concern.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
     # serve/predict take TF Serving's own flags: hand them over untouched.
     if argv and argv[0] == "serve":
         from serving import server
