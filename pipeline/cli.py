@@ -136,6 +136,7 @@ def _run_pipeline(args: argparse.Namespace):
         beam_pipeline_args=args.beam_arg if args.beam_arg is not None else runners.default_beam_args())
     _console(f"  pipeline root {config.pipeline_root}, models pushed to {config.push_dir}")
     failure = None
+    started_ms = int(time.time() * 1000)
     with _progress():
         try:
             if args.cpu_replicas > 1:
@@ -144,7 +145,9 @@ def _run_pipeline(args: argparse.Namespace):
             runners.RUNNERS[args.runner](config)
         except Exception as err:  # pylint: disable=broad-except  (reported by the caller, with MLMD's record)
             failure = err
-    return summarize(config.metadata_path, config.pipeline_name), failure
+    summary = summarize(config.metadata_path, config.pipeline_name, started_ms) if os.path.exists(
+        config.metadata_path) else None
+    return summary, failure
 
 
 def _console(line: str) -> None:

@@ -53,13 +53,13 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def summarize(metadata_path: str, pipeline_name: str) -> Optional[RunSummary]:
-    """Summary of the newest run of `pipeline_name` recorded in the SQLite MLMD at metadata_path."""
+def summarize(metadata_path: str, pipeline_name: str, since_ms: int = 0) -> Optional[RunSummary]:
+    """Summary of the newest run of `pipeline_name` (started at or after since_ms) in the SQLite MLMD."""
     config = tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
     with metadata.Metadata(config) as m:
         store = m.store
         runs = [c for c in store.get_contexts_by_type("pipeline_run")
-                if c.name.startswith(pipeline_name) or _has_pipeline(store, c, pipeline_name)]
+                if c.create_time_since_epoch >= since_ms and _has_pipeline(store, c, pipeline_name)]
         if not runs:
             return None
         run = max(runs, key=lambda c: c.create_time_since_epoch)
