@@ -62,6 +62,17 @@ def test_rerun_with_unchanged_inputs_uses_the_cache(pipeline_run, tmp_path):
         assert re.search(rf"^\s+{component}\s+CACHED\s", result.stdout, re.M), (component, result.stdout)
 
 
+def test_unblessed_model_is_not_pushed(pipeline_run, served_model_dir):
+    before = sorted(p.name for p in served_model_dir.iterdir())
+    result = iris_tfx("run", "--workdir", str(pipeline_run.workdir), "--serving-dir", str(served_model_dir),
+                      "--accuracy-floor", "1.01")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Model blessed: no" in result.stdout
+    assert "threshold not met: sparse_categorical_accuracy [overall]" in result.stdout
+    assert "not blessed" in result.stderr
+    assert sorted(p.name for p in served_model_dir.iterdir()) == before
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 def _csv(rows, columns=constants.CSV_COLUMNS) -> str:
