@@ -100,7 +100,6 @@ def _run(args: argparse.Namespace) -> int:
     if error:
         print(f"iris-tfx: error: {error}\nNo model was pushed.", file=sys.stderr)
         return EXIT_FAILED
-    os.makedirs(args.workdir, exist_ok=True)
     log_path = os.path.join(args.workdir, "logs", datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S.log"))
     print(f"Running the pipeline on {args.data} with the {args.runner} runner"
           + ("" if args.verbose else f" (logs: {log_path})"))
@@ -133,7 +132,7 @@ def _run_pipeline(args: argparse.Namespace):
         data_path=args.data, schema_path=args.schema, workdir=args.workdir, serving_dir=args.serving_dir,
         accuracy_floor=args.accuracy_floor, enable_cache=not args.no_cache,
         training=dataclasses.replace(Hyperparameters(), epochs=args.epochs, cpu_replicas=args.cpu_replicas),
-        beam_pipeline_args=args.beam_arg if args.beam_arg is not None else runners.default_beam_args())
+        beam_pipeline_args=_beam_args(args))
     _console(f"  pipeline root {config.pipeline_root}, models pushed to {config.push_dir}")
     failure = None
     started_ms = int(time.time() * 1000)
@@ -148,6 +147,12 @@ def _run_pipeline(args: argparse.Namespace):
     summary = summarize(config.metadata_path, config.pipeline_name, started_ms) if os.path.exists(
         config.metadata_path) else None
     return summary, failure
+
+
+def _beam_args(args: argparse.Namespace) -> List[str]:
+    """The user's --beam-arg list, or DirectRunner in multi-processing mode on the local cores."""
+    from pipeline import runners  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    return args.beam_arg if args.beam_arg is not None else runners.default_beam_args()
 
 
 def _console(line: str) -> None:
@@ -211,11 +216,11 @@ def _logs_to(path: str) -> Iterator[None]:
 
 
 def _kubeflow_compile(args: argparse.Namespace) -> int:
-    from pipeline import kubeflow, runners  # pylint: disable=g-import-not-at-top
+    from pipeline import kubeflow  # pylint: disable=g-import-not-at-top
     config = PipelineConfig(
         data_path=args.data, schema_path=args.schema, serving_dir=args.serving_dir,
         pipeline_root_uri=args.pipeline_root, accuracy_floor=args.accuracy_floor,
-        beam_pipeline_args=args.beam_arg if args.beam_arg is not None else runners.default_beam_args())
+        beam_pipeline_args=_beam_args(args))
     try:
         path = kubeflow.compile_pipeline(config, args.image, args.output)
     except ValueError as err:
