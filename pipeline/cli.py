@@ -11,7 +11,8 @@ import warnings
 from typing import Iterator, List, Optional
 
 from components.hyperparameters import Hyperparameters
-from pipeline.config import DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, PipelineConfig
+from pipeline.beam_workers import forked_workers
+from pipeline.config import DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, PipelineConfig, default_beam_args
 
 EXIT_FAILED = 1       # a component failed (bad input, bad config, ...): nothing was pushed
 EXIT_NOT_BLESSED = 3  # the run completed but the model did not pass evaluation: nothing was pushed
@@ -125,9 +126,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_pipeline(args: argparse.Namespace):
     """Runs the pipeline with the chosen runner; returns its summary and the exception if it failed."""
-    from pipeline import runners  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-    from pipeline.summary import summarize  # pylint: disable=g-import-not-at-top
-
     config = PipelineConfig(
         data_path=args.data, schema_path=args.schema, workdir=args.workdir, serving_dir=args.serving_dir,
         accuracy_floor=args.accuracy_floor, enable_cache=not args.no_cache,
@@ -136,7 +134,9 @@ def _run_pipeline(args: argparse.Namespace):
     _console(f"  pipeline root {config.pipeline_root}, models pushed to {config.push_dir}")
     failure = None
     started_ms = int(time.time() * 1000)
-    with _progress():
+    # Started before TensorFlow is imported here, so the Beam workers' imports happen meanwhile.
+    with forked_workers(config.beam_pipeline_args), _progress():
+        from pipeline import runners  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
         try:
             if args.cpu_replicas > 1:
                 from components.model import logical_cpus  # pylint: disable=g-import-not-at-top
@@ -144,6 +144,7 @@ def _run_pipeline(args: argparse.Namespace):
             runners.RUNNERS[args.runner](config)
         except Exception as err:  # pylint: disable=broad-except  (reported by the caller, with MLMD's record)
             failure = err
+    from pipeline.summary import summarize  # pylint: disable=g-import-not-at-top
     summary = summarize(config.metadata_path, config.pipeline_name, started_ms) if os.path.exists(
         config.metadata_path) else None
     return summary, failure
@@ -151,8 +152,7 @@ def _run_pipeline(args: argparse.Namespace):
 
 def _beam_args(args: argparse.Namespace) -> List[str]:
     """The user's --beam-arg list, or DirectRunner in multi-processing mode on the local cores."""
-    from pipeline import runners  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-    return args.beam_arg if args.beam_arg is not None else runners.default_beam_args()
+    return args.beam_arg if args.beam_arg is not None else default_beam_args()
 
 
 def _console(line: str) -> None:

@@ -1,5 +1,6 @@
 """PipelineConfig: the one object that parameterises create_pipeline; defaults run out of the box."""
 import dataclasses
+import multiprocessing
 import os
 from typing import List, Optional
 
@@ -18,6 +19,11 @@ def default_serving_dir(workdir: str = DEFAULT_WORKDIR, model_name: str = DEFAUL
 
 
 DEFAULT_SERVING_DIR = default_serving_dir()
+
+
+def default_beam_args() -> List[str]:
+    """DirectRunner in multi-processing mode, one worker per local core."""
+    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={multiprocessing.cpu_count()}"]
 
 
 @dataclasses.dataclass

@@ -1,31 +1,25 @@
 """Thin runners: each only chooses an orchestrator for the pipeline create_pipeline returns."""
-import multiprocessing
 import os
-from typing import List
-
 from tfx import v1 as tfx
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
+from pipeline.beam_workers import forked_workers
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
-
-
-def default_beam_args() -> List[str]:
-    """DirectRunner in multi-processing mode, one worker per local core."""
-    return ["--direct_running_mode=multi_processing",
-            f"--direct_num_workers={multiprocessing.cpu_count()}"]
 
 
 def run_beam(config: PipelineConfig) -> None:
     """Orchestrate with BeamDagRunner; components' own Beam jobs get config.beam_pipeline_args."""
     os.makedirs(config.workdir, exist_ok=True)  # holds the ML Metadata SQLite file
-    BeamDagRunner().run(create_pipeline(config))
+    with forked_workers(config.beam_pipeline_args):
+        BeamDagRunner().run(create_pipeline(config))
 
 
 def run_local(config: PipelineConfig) -> None:
     """Orchestrate with LocalDagRunner (components one after another in this process)."""
     os.makedirs(config.workdir, exist_ok=True)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    with forked_workers(config.beam_pipeline_args):
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
 
 
 RUNNERS = {"beam": run_beam, "local": run_local}
