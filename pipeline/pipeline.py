@@ -7,6 +7,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components import constants
+from components.baseline import CANDIDATE_KEY, PreviousBlessedModelStrategy
 from components.validation import AnomaliesGate
 from pipeline.config import PipelineConfig
 
@@ -16,7 +17,7 @@ RUN_FN = "components.trainer.run_fn"
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     """CsvExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate ->
-    Transform -> Trainer -> [Resolver] -> Evaluator -> Pusher."""
+    Transform -> Trainer -> [Resolver: the previous blessed model] -> Evaluator -> Pusher."""
     example_gen = tfx.components.CsvExampleGen(
         input_base=os.path.dirname(os.path.abspath(config.data_path)) if "://" not in config.data_path
         else os.path.dirname(config.data_path),
@@ -50,10 +51,11 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     baseline = None
     if config.use_resolver:
         resolver = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            strategy_class=PreviousBlessedModelStrategy,
+            **{CANDIDATE_KEY: trainer.outputs["model"]},
             model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
             model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        ).with_id("latest_blessed_model_resolver")
+        ).with_id("baseline_model_resolver")
         components.append(resolver)
         baseline = resolver.outputs["model"]
 

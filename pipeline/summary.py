@@ -33,6 +33,7 @@ class RunSummary:
     blessed: Optional[bool] = None
     pushed_path: Optional[str] = None
     pushed_version: Optional[str] = None
+    push_cached: bool = False  # a re-run reused the Pusher's result: that version was pushed before
 
     @property
     def failed(self) -> List[NodeResult]:
@@ -48,8 +49,12 @@ class RunSummary:
         lines += [f"  threshold not met: {failure}" for failure in self.validation_failures]
         if self.blessed is not None:
             lines.append(f"Model blessed: {'yes' if self.blessed else 'no'}")
-        lines.append(f"Pushed: {self.pushed_path} (version {self.pushed_version})" if self.pushed_path
-                     else "Pushed: nothing (the model being served, if any, is unchanged)")
+        if self.pushed_path and self.push_cached:
+            lines.append(f"Pushed: nothing new; this model is {self.pushed_path} (version {self.pushed_version}), "
+                         "pushed by an earlier run with the same inputs")
+        else:
+            lines.append(f"Pushed: {self.pushed_path} (version {self.pushed_version})" if self.pushed_path
+                         else "Pushed: nothing (the model being served, if any, is unchanged)")
         return "\n".join(lines)
 
 
@@ -67,12 +72,14 @@ def summarize(metadata_path: str, pipeline_name: str, since_ms: int = 0) -> Opti
         summary = RunSummary(run_id=run.name, nodes=[])
         for execution in executions:
             node = _node_name(store, execution)
+            status = _STATES.get(execution.last_known_state, "UNKNOWN")
             summary.nodes.append(NodeResult(
-                node=node, status=_STATES.get(execution.last_known_state, "UNKNOWN"),
+                node=node, status=status,
                 seconds=max(0.0, (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000),
                 message=_error_message(execution)))
             for artifact in _outputs(store, execution):
                 _read_artifact(summary, artifact)
+                summary.push_cached |= artifact.type_name == "PushedModel" and status == "CACHED"
         return summary
 
 

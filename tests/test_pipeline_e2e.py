@@ -27,7 +27,7 @@ def test_run_pushes_a_blessed_model_in_tf_serving_layout(pipeline_run):
     version_dir = pipeline_run.serving_dir / versions[0]
     assert (version_dir / "saved_model.pb").is_file() and (version_dir / "variables").is_dir()
     for component in ("CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate",
-                      "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"):
+                      "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "Pusher"):
         assert re.search(rf"^\s+{component}\s+COMPLETE\s+[\d.]+s$", out, re.M), (component, out)
     assert "Anomalies: none" in out
     assert "Model blessed: yes" in out
@@ -53,13 +53,16 @@ def test_pushed_model_predicts_known_samples(pushed_model):
     assert outputs[constants.PROBABILITIES_OUTPUT].shape == (len(KNOWN_SAMPLES), len(constants.CLASS_NAMES))
 
 
-def test_rerun_with_unchanged_inputs_uses_the_cache(pipeline_run, tmp_path):
-    # Same workdir and settings (Beam args are part of the cache key); another serving dir, so that the
-    # first run's push stays the only one there.
-    result = iris_tfx("run", "--workdir", str(pipeline_run.workdir), "--serving-dir", str(tmp_path / "models"))
+def test_rerun_with_unchanged_inputs_uses_the_cache(pipeline_run):
+    # Same workdir, serving dir and settings (Beam args are part of the cache key): every component is
+    # reused, the Evaluator and Pusher included, so the served model is not pushed again as a new version.
+    before = pipeline_run.versions()
+    result = iris_tfx("run", "--workdir", str(pipeline_run.workdir))
     assert result.returncode == 0, result.stdout + result.stderr
-    for component in ("CsvExampleGen", "StatisticsGen", "Transform", "Trainer"):
+    for component in ("CsvExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator", "Pusher"):
         assert re.search(rf"^\s+{component}\s+CACHED\s", result.stdout, re.M), (component, result.stdout)
+    assert pipeline_run.versions() == before
+    assert f"Pushed: nothing new; this model is {pipeline_run.serving_dir / before[-1]}" in result.stdout
 
 
 def test_unblessed_model_is_not_pushed(pipeline_run, served_model_dir):

@@ -7,7 +7,7 @@ from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 
 ALL = ["CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate", "Transform",
-       "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
+       "Trainer", "baseline_model_resolver", "Evaluator", "Pusher"]
 
 
 def _components(config):
@@ -39,7 +39,7 @@ def test_serving_dir_override_and_no_resolver_variant(tmp_path):
     config = dataclasses.replace(PipelineConfig(workdir=str(tmp_path)), serving_dir="/srv/models/iris",
                                  use_resolver=False)
     components = _components(config)
-    assert "latest_blessed_model_resolver" not in components
+    assert "baseline_model_resolver" not in components
     assert "/srv/models/iris" in components["Pusher"].exec_properties["push_destination"]
     assert "change_threshold" not in components["Evaluator"].exec_properties["eval_config"]
 
