@@ -8,6 +8,8 @@ class Hyperparameters:
     hidden_units: int = 8
     learning_rate: float = 0.01
     l2: float = 0.0
+    dropout: float = 0.1  # on the hidden layer while training
+    label_smoothing: float = 0.1  # training targets (1 - this) x one-hot + this / num_classes
     epochs: int = 100
     batch_size_per_replica: int = 8  # global batch = this x replicas in sync
     seed: int = 42

@@ -49,10 +49,13 @@ def train(strategy: tf.distribute.Strategy, dataset_fn: Callable[[tf.distribute.
     with strategy.scope():
         model = model_lib.build_model(
             num_classes=num_classes, hidden_units=hparams.hidden_units, learning_rate=hparams.learning_rate,
-            l2=hparams.l2, steps_per_execution=steps_per_epoch)  # one tf.function call per epoch: far less overhead
+            l2=hparams.l2, dropout=hparams.dropout, label_smoothing=hparams.label_smoothing,
+            steps_per_execution=steps_per_epoch)  # one tf.function call per epoch: far less overhead
     callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")] if log_dir else []
     model.fit(strategy.distribute_datasets_from_function(dataset_fn), epochs=hparams.epochs,
               steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks)
+    with strategy.scope():
+        model_lib.compile_for_export(model)
     return model
 
 

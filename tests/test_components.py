@@ -78,6 +78,31 @@ def test_build_model_outputs_class_probabilities():
     assert model.loss.__class__.__name__ == "SparseCategoricalCrossentropy"
 
 
+def test_build_model_dropout_and_label_smoothing():
+    model = model_lib.build_model(num_classes=3, dropout=0.25, label_smoothing=0.1)
+    assert model.get_layer("dropout").rate == 0.25
+    batch = {constants.transformed_name(k): tf.constant([0.1, -1.0]) for k in constants.FEATURE_KEYS}
+    probabilities = model(batch).numpy()
+    np.testing.assert_allclose(model(batch, training=False).numpy(), probabilities)  # dropout only in training
+    tf.random.set_seed(0)
+    assert any(not np.allclose(model(batch, training=True).numpy(), probabilities) for _ in range(5))
+    labels = np.array([2, 0])
+    targets = 0.9 * np.eye(3)[labels] + 0.1 / 3
+    expected = np.mean(-np.sum(targets * np.log(probabilities), axis=1))
+    for shape in ((2,), (2, 1)):  # the datasets' [batch] ids and TFMA's [batch, 1]
+        np.testing.assert_allclose(model.loss(labels.reshape(shape), probabilities).numpy(), expected, rtol=1e-5)
+    assert "dropout" not in [layer.name for layer in model_lib.build_model(num_classes=3).layers]
+
+
+def test_trained_model_is_compiled_with_builtin_sparse_loss(exported):
+    """Label smoothing trains the model; the SavedModel names only built-in Keras objects (TFMA reloads it)."""
+    with open(os.path.join(exported, "keras_metadata.pb"), "rb") as f:
+        assert model_lib.SmoothedSparseCategoricalCrossentropy.__name__.encode() not in f.read()
+    reloaded = tf.keras.models.load_model(exported)
+    assert type(reloaded.loss).__name__ == "SparseCategoricalCrossentropy"
+    assert Hyperparameters().label_smoothing > 0 and Hyperparameters().dropout > 0
+
+
 def test_cluster_workers_reads_tf_config():
     assert model_lib.cluster_workers("") == []
     config = {"cluster": {"chief": ["a:1"], "worker": ["b:2", "c:3"]}, "task": {"type": "worker", "index": 0}}
