@@ -66,15 +66,17 @@ class BatchScheduler:
             raise invalid(f"Task size {size} is larger than maximum input batch size {self.max_batch_size}")
         task = _Task(inputs, size)
         with self._cond:
-            if self._closed:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE, "Batch scheduler is shutting down")
-            if self._queued + size > self.max_enqueued:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                                   "The batch scheduling queue to which this task was submitted is full")
-            full_key = (key, tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(inputs.items())))
-            self._queues.setdefault(full_key, deque()).append(task)
-            self._queued += size
-            self._cond.notify()
+            closed = self._closed
+            if not closed:
+                if self._queued + size > self.max_enqueued:
+                    raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                       "The batch scheduling queue to which this task was submitted is full")
+                full_key = (key, tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(inputs.items())))
+                self._queues.setdefault(full_key, deque()).append(task)
+                self._queued += size
+                self._cond.notify()
+        if closed:  # the version is being unloaded, but this request holds it (as a TF Serving handle would):
+            return self._run(key, dict(inputs))  # finish it unbatched rather than fail it
         return task.future.result()
 
     def close(self) -> None:

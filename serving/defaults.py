@@ -9,7 +9,8 @@ MODEL_BASE_PATH = DEFAULT_SERVING_DIR
 # Additions for the model server (serving/config.py); TF Serving's defaults where it has one.
 HOST = "0.0.0.0"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
-GRPC_THREADS_PER_CORE = 8        # handler threads mostly wait in Session.run, which releases the GIL
+GRPC_THREADS_PER_CORE = 8        # threads for slow gRPC requests (batch queues wait, Session.run releases the GIL)
+INLINE_MAX_REQUEST_BYTES = 64 << 10  # smaller gRPC inference requests run on the event loop (no thread hop)
 REST_THREADS_PER_CORE = 4        # TF Serving's --rest_api_num_threads default is 4 x cores
 MAX_REQUEST_BYTES = 64 << 20     # largest gRPC message / REST body accepted
 DRAIN_SECONDS = 30.0             # SIGTERM grace period for in-flight requests
@@ -24,8 +25,9 @@ def cpu_count() -> int:
     import os
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-MAX_CONCURRENT_RPCS = 1024
+
+MAX_CONCURRENT_RPCS = 1024  # gRPC requests beyond this are refused with RESOURCE_EXHAUSTED
 # Session threading for small models: ops run in the request's own thread (no hand-off to TF's pools, which
 # spin), one thread per op; concurrent requests still use every core. TF Serving's defaults are 0 and 0.
 INTRA_OP_THREADS = 1
-INTER_OP_THREADS = -1       # gRPC requests beyond this are refused with RESOURCE_EXHAUSTED
+INTER_OP_THREADS = -1

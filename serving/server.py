@@ -1,4 +1,5 @@
 """`iris-tfx serve`: a drop-in for tensorflow_model_server (gRPC + REST) over the pushed SavedModels."""
+import asyncio
 import logging
 import os
 import signal
@@ -11,7 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kernels log every rejected
 
 import grpc  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_health.v1.health import aio as health_aio  # noqa: E402
 from grpc_reflection.v1alpha import reflection  # noqa: E402
 from tensorflow_serving.apis import (model_service_pb2, model_service_pb2_grpc, prediction_service_pb2,  # noqa: E402
                                      prediction_service_pb2_grpc)
@@ -30,7 +32,8 @@ SERVICES = (prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionServic
 
 
 class ModelServer:
-    """gRPC and REST servers over one ModelManager; start(), then wait() until stop() or SIGTERM."""
+    """A grpc.aio server and the REST server over one ModelManager: `await start()`, then `await wait()` until
+    `await stop()` (SIGTERM); the model manager's polling and the REST server run in their own threads."""
 
     def __init__(self, args):
         self.args = args
@@ -40,11 +43,14 @@ class ModelServer:
                                                    args.tensorflow_inter_op_parallelism),
                                     batching, self.metrics, args.allow_version_labels_for_unavailable_models)
         self.monitoring = config.read_monitoring_config(args.monitoring_config_file)
-        self.grpc_server: Optional[grpc.Server] = None
+        # Handlers that are slow or block (large requests, batch queues, model loads) run here, the others on
+        # the event loop.
+        self.pool = futures.ThreadPoolExecutor(max_workers=args.grpc_max_threads, thread_name_prefix="grpc")
+        self.grpc_server: Optional[grpc.aio.Server] = None
         self.rest_server: Optional[RestServer] = None
-        self.health = health.HealthServicer()
-        self._stopped = threading.Event()
-        self._stopping = threading.Lock()
+        self.health = health_aio.HealthServicer()
+        self._stopped = asyncio.Event()
+        self._stopping = False
         self.grpc_port = self.rest_port = 0
 
     def _model_config(self):
@@ -52,29 +58,29 @@ class ModelServer:
             return config.read_model_server_config(self.args.model_config_file)
         return config.single_model_config(self.args.model_name, self.args.model_base_path)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         args = self.args
-        self.manager.apply_config(self._model_config())
+        self.manager.apply_config(self._model_config())  # nothing to serve yet: loading may block the loop
         self.manager.start_polling(args.file_system_poll_wait_seconds)
         if args.model_config_file:
             self.manager.start_config_polling(args.model_config_file_poll_wait_seconds, self._model_config)
         options = [("grpc.max_receive_message_length", args.max_request_bytes),
                    ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.grpc_max_threads, thread_name_prefix="grpc"),
-                             options=options, maximum_concurrent_rpcs=defaults.MAX_CONCURRENT_RPCS)
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=defaults.MAX_CONCURRENT_RPCS)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.manager, self.metrics), server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager, self.metrics), server)
+            PredictionService(self.manager, self.metrics, self.pool, args.enable_batching), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelService(self.manager, self.metrics, self.pool), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        self.grpc_server = server
         self.grpc_port = server.add_insecure_port(f"{args.host}:{args.port}")
         if not self.grpc_port:
             raise RuntimeError(f"cannot bind gRPC to {args.host}:{args.port}")
-        server.start()
-        self.grpc_server = server
+        await server.start()
         for service in ("",) + SERVICES:
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("Running gRPC ModelServer at %s:%d ...", args.host, self.grpc_port)
         if args.rest_api_port:
             prometheus = self.monitoring.prometheus_config
@@ -87,23 +93,46 @@ class ModelServer:
             threading.Thread(target=self.rest_server.serve_forever, name="rest", daemon=True).start()
             log.info("Exporting HTTP/REST API at:%s:%d ...", args.host, self.rest_port)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Graceful: refuse new requests, let in-flight ones finish (up to --drain_seconds), then stop."""
-        if not self._stopping.acquire(blocking=False):
+        if self._stopping:
             return  # a second signal while draining changes nothing
+        self._stopping = True
         log.info("Shutting down: draining in-flight requests")
-        self.health.enter_graceful_shutdown()
-        done = self.grpc_server.stop(self.args.drain_seconds) if self.grpc_server else None
-        if self.rest_server:
-            self.rest_server.drain(self.args.drain_seconds)
-        if done is not None:
-            done.wait()
-        self.manager.stop()
+        await self.health.enter_graceful_shutdown()
+        loop = asyncio.get_running_loop()
+        rest = loop.run_in_executor(None, self.rest_server.drain, self.args.drain_seconds) if self.rest_server else None
+        if self.grpc_server:
+            await self.grpc_server.stop(self.args.drain_seconds)
+        if rest is not None:
+            await rest
+        await loop.run_in_executor(None, self.manager.stop)
+        self.pool.shutdown(wait=False)
         self._stopped.set()
         log.info("Server stopped")
 
-    def wait(self) -> None:
-        self._stopped.wait()
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(args) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit code."""
+    server = ModelServer(args)
+    try:
+        await server.start()
+    except (ServingError, OSError, RuntimeError, ValueError, text_format.ParseError) as e:
+        log.error("Failed to start server: %s", getattr(e, "message", e))
+        if server.grpc_server:
+            await server.grpc_server.stop(0)
+        server.manager.stop()
+        server.pool.shutdown(wait=False)
+        return 1
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda s=signum: (log.info("Received signal %d", s),
+                                                           loop.create_task(server.stop())))
+    await server.wait()
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -111,22 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = config.parse_flags(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # the TF1 loader's deprecation notices
-    server = ModelServer(args)
-    try:
-        server.start()
-    except (ServingError, OSError, RuntimeError, ValueError, text_format.ParseError) as e:
-        log.error("Failed to start server: %s", getattr(e, "message", e))
-        if server.grpc_server:
-            server.grpc_server.stop(0)
-        return 1
-
-    def on_signal(signum, _frame) -> None:
-        log.info("Received signal %d", signum)
-        threading.Thread(target=server.stop, name="shutdown").start()
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    server.wait()
-    return 0
+    return asyncio.run(serve(args))
 
 
 if __name__ == "__main__":

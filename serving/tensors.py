@@ -1,5 +1,6 @@
 """Conversions between numpy arrays, TensorProtos (TF Serving's AsProtoField layout) and TF Serving's JSON."""
 import base64
+import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -27,7 +28,26 @@ def shape_string(shape: Tuple[int, ...]) -> str:
     return "[" + ",".join("?" if d is None or d < 0 else str(d) for d in shape) + "]"
 
 
+# dtypes decoded with numpy directly (tf.make_ndarray costs ~4x more); the others go through tf.make_ndarray.
+_NUMPY_FAST = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT32: np.int32,
+               types_pb2.DT_INT64: np.int64, types_pb2.DT_BOOL: np.bool_, types_pb2.DT_STRING: object}
+
+
 def proto_to_ndarray(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
+    """A request's TensorProto as an array: tensor_content or exactly one typed value per element via numpy,
+    anything else (other dtypes, TF's repeat-the-last-value shorthand) via tf.make_ndarray."""
+    dtype = _NUMPY_FAST.get(proto.dtype)
+    if dtype is not None and not proto.tensor_shape.unknown_rank:
+        shape = [d.size for d in proto.tensor_shape.dim]
+        size = math.prod(shape) if min(shape, default=0) >= 0 else -1
+        if proto.tensor_content:
+            if dtype is not object and len(proto.tensor_content) == size * np.dtype(dtype).itemsize:
+                return np.frombuffer(proto.tensor_content, dtype).reshape(shape)
+        else:
+            values = getattr(proto, _VALUE_FIELDS[proto.dtype])
+            if len(values) == size:
+                array = np.array(list(values), object) if dtype is object else np.fromiter(values, dtype, size)
+                return array.reshape(shape)
     try:
         return tf.make_ndarray(proto)
     except Exception:  # noqa: BLE001 - any malformed proto is the client's error

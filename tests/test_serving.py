@@ -326,6 +326,71 @@ def test_oversized_grpc_request_refused(stub):
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+# --- in-process: tensor decoding, where gRPC handlers run ----------------------------------------------------
+def _float_proto(values, shape):
+    proto = tf.make_tensor_proto(0.0, dtype=tf.float32)
+    proto.ClearField("float_val")
+    proto.tensor_shape.CopyFrom(tf.TensorShape(shape).as_proto())
+    proto.float_val.extend(values)
+    return proto
+
+
+@pytest.mark.parametrize("proto", [
+    tf.make_tensor_proto([b"a", b"bc", b""]),                                  # string_val
+    tf.make_tensor_proto(np.arange(12, dtype=np.float32).reshape(3, 4)),       # tensor_content
+    tf.make_tensor_proto(np.arange(6, dtype=np.int64).reshape(2, 3)),
+    tf.make_tensor_proto(np.array([[True, False]])),
+    tf.make_tensor_proto(np.zeros((0, 4), np.float64)),                        # empty
+    tf.make_tensor_proto(7, dtype=tf.int32),                                   # scalar
+    _float_proto([1.0, 2.0, 3.0, 4.0], [2, 2]),                                # typed field, one value per element
+    _float_proto([5.0], [2, 3]),                                               # TF's repeat-the-last-value shorthand
+    tf.make_tensor_proto(np.array([1.5, 2.5], np.float16)),                    # dtypes left to tf.make_ndarray
+    tf.make_tensor_proto(np.array([[1, 2]], np.uint8)),
+])
+def test_tensor_protos_decode_like_tf_make_ndarray(proto):
+    from serving.tensors import proto_to_ndarray
+    got, want = proto_to_ndarray(proto, "x"), tf.make_ndarray(proto)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.tolist() == want.tolist()
+
+
+def test_malformed_tensor_proto_is_a_client_error():
+    from serving.errors import ServingError
+    from serving.tensors import proto_to_ndarray
+    short = tf.make_tensor_proto(np.arange(4, dtype=np.float32))
+    short.tensor_content = short.tensor_content[:-1]  # not a whole number of floats
+    negative = _float_proto([1.0, 2.0], [2, 1])
+    negative.tensor_shape.dim[0].size = negative.tensor_shape.dim[1].size = -2  # (-2) * (-2) == 4 elements?
+    negative_content = tf.make_tensor_proto(np.arange(4, dtype=np.float32).reshape(2, 2))
+    negative_content.tensor_shape.dim[0].size = negative_content.tensor_shape.dim[1].size = -2
+    for bad in (short, negative, negative_content):
+        with pytest.raises(ServingError) as info:
+            proto_to_ndarray(bad, "x")
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.message == "tensor parsing error: x"
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_small_grpc_requests_run_on_the_event_loop_large_ones_in_the_pool(batching):
+    import asyncio
+    from concurrent import futures
+    from types import SimpleNamespace
+    from serving import defaults
+    from serving.grpc_service import PredictionService
+    from serving.metrics import Metrics
+    manager = SimpleNamespace(servable=lambda spec: SimpleNamespace(version_str="1"))
+    small = predict_request([SETOSA])
+    large = predict_request([SETOSA] * (defaults.INLINE_MAX_REQUEST_BYTES // 64))  # ~90 bytes per example
+    assert large.ByteSize() > defaults.INLINE_MAX_REQUEST_BYTES >= small.ByteSize()
+
+    async def threads():
+        loop_thread = threading.current_thread()
+        with futures.ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+            service = PredictionService(manager, Metrics(), pool, batching)
+            ran = [await service._run("predict", r, None, lambda servable, request: threading.current_thread())
+                   for r in (small, large)]
+        return ["loop" if t is loop_thread else t.name.split("_")[0] for t in ran]
+    assert asyncio.run(threads()) == (["pool", "pool"] if batching else ["loop", "pool"])
+
+
 # --- REST ---------------------------------------------------------------------------------------------------
 def test_rest_status_and_metadata(server):
     status, body = http(f"{server.rest_url}/v1/models/iris")
@@ -506,9 +571,10 @@ def test_hot_reload_under_load_and_broken_version(live, pushed_model):
                     else:
                         status, body = http(f"{live.rest_url}/v1/models/iris:predict", {
                             "signature_name": c.RAW_SIGNATURE, "instances": [dict(zip(c.FEATURE_KEYS, SETOSA))]})
-                        ok, version = status == 200 and body["predictions"][0][c.PREDICTED_OUTPUT] == "setosa", 0
+                        ok = status == 200 and body["predictions"][0][c.PREDICTED_OUTPUT] == "setosa"
+                        version = 0 if ok else f"{status} {body}"
                     with lock:
-                        (versions_seen.add(version) if ok else failures.append(kind))
+                        (versions_seen.add(version) if ok else failures.append(f"{kind}: {version}"))
                 except Exception as e:  # noqa: BLE001 - every failure is counted
                     with lock:
                         failures.append(repr(e))
@@ -623,3 +689,20 @@ def test_sigterm_drains_in_flight_requests(pushed_model, tmp_path):
         assert "Server stopped" in proc.log()
     finally:
         proc.stop()
+
+
+def test_batch_scheduler_finishes_requests_that_reach_it_after_unload_began():
+    """A request that got a version just before it was unloaded still completes (TF Serving's handles)."""
+    from serving.batching import BatchScheduler  # pylint: disable=g-import-not-at-top
+    from serving.config import BatchingParameters  # pylint: disable=g-import-not-at-top
+    batches = []
+
+    def run(key, inputs):
+        batches.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+    scheduler = BatchScheduler(BatchingParameters(), run, "test")
+    x = np.arange(3, dtype=np.float32)
+    assert scheduler.run("k", {"x": x})["y"].tolist() == [0, 2, 4]
+    scheduler.close()
+    assert scheduler.run("k", {"x": x})["y"].tolist() == [0, 2, 4]
+    assert batches == [3, 3]
