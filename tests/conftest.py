@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IRIS_CSV = REPO / "data" / "iris.csv"
-# Bad-input runs stop before training: Beam's in-memory mode skips ~10 s of worker start-up per job.
+# Bad-input runs stop before training: Beam's in-memory mode starts no worker processes at all.
 FAST_BEAM = ["--beam-arg=--direct_running_mode=in_memory"]
 
 
