@@ -98,8 +98,12 @@ def _error_message(execution) -> str:
     result = execution.custom_properties.get("__execution_result__")
     if result is None or not result.string_value:
         return ""
-    message = json.loads(result.string_value).get("resultMessage", "")
-    return re.sub(r" \[while running '[^']*'\]$", "", message)  # Beam's suffix names the node again
+    return without_beam_suffix(json.loads(result.string_value).get("resultMessage", ""))
+
+
+def without_beam_suffix(message: str) -> str:
+    """An error message without the " [while running 'Run[Node]']" BeamDagRunner adds: it names the node again."""
+    return re.sub(r" \[while running '[^']*'\]$", "", message.rstrip())
 
 
 def _outputs(store, execution) -> List[types.Artifact]:
