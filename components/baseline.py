@@ -15,6 +15,7 @@ class PreviousBlessedModelStrategy(LatestBlessedModelStrategy):
     def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]
                           ) -> Optional[Dict[str, List[types.Artifact]]]:
         candidate = input_dict[CANDIDATE_KEY]
-        others = {key: [a for a in artifacts if a.id not in {c.id for c in candidate}]
+        candidate_ids = {a.id for a in candidate}
+        others = {key: [a for a in artifacts if a.id not in candidate_ids]
                   for key, artifacts in input_dict.items() if key != CANDIDATE_KEY}
         return {CANDIDATE_KEY: candidate, **super().resolve_artifacts(store, others)}  # TFX wants every key back

@@ -112,12 +112,12 @@ def _run(args: argparse.Namespace) -> int:
     print(f"Total wall time: {time.monotonic() - started:.1f}s")
     if failure is not None:
         from pipeline.summary import without_beam_suffix  # pylint: disable=g-import-not-at-top  (imports TFX)
+        reason = without_beam_suffix(str(failure))
         failed = summary.failed if summary else []
         for node in failed:
-            print(f"\niris-tfx: error: {node.node} failed: {node.message or without_beam_suffix(str(failure))}",
-                  file=sys.stderr)
+            print(f"\niris-tfx: error: {node.node} failed: {node.message or reason}", file=sys.stderr)
         if not failed:
-            print(f"\niris-tfx: error: {without_beam_suffix(str(failure))}", file=sys.stderr)
+            print(f"\niris-tfx: error: {reason}", file=sys.stderr)
         print("No model was pushed.", file=sys.stderr)
         return EXIT_FAILED
     if not summary.pushed_path:

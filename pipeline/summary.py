@@ -49,12 +49,13 @@ class RunSummary:
         lines += [f"  threshold not met: {failure}" for failure in self.validation_failures]
         if self.blessed is not None:
             lines.append(f"Model blessed: {'yes' if self.blessed else 'no'}")
-        if self.pushed_path and self.push_cached:
+        if not self.pushed_path:
+            lines.append("Pushed: nothing (the model being served, if any, is unchanged)")
+        elif self.push_cached:
             lines.append(f"Pushed: nothing new; this model is {self.pushed_path} (version {self.pushed_version}), "
                          "pushed by an earlier run with the same inputs")
         else:
-            lines.append(f"Pushed: {self.pushed_path} (version {self.pushed_version})" if self.pushed_path
-                         else "Pushed: nothing (the model being served, if any, is unchanged)")
+            lines.append(f"Pushed: {self.pushed_path} (version {self.pushed_version})")
         return "\n".join(lines)
 
 

@@ -1,20 +1,17 @@
 """Predict, Classify, Regress, MultiInference and metadata on a loaded Servable, following TF Serving's
 predict_util.cc, classifier.cc, regressor.cc, multi_inference.cc and get_model_metadata_impl.cc."""
-import functools
 from typing import Dict, List, Mapping, Tuple
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from tensorflow.core.example import example_pb2
-from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2, input_pb2,
                                      model_pb2, predict_pb2, regression_pb2)
 
 from serving.errors import ServingError, failed_precondition, invalid
 from serving.servable import Servable, SignatureInfo
-from serving.tensors import dtype_name, ndarray_to_proto, proto_to_ndarray, shape_string
+from serving.tensors import dtype_enum, dtype_name, ndarray_to_proto, proto_to_ndarray, shape_string
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -53,21 +50,13 @@ def check_inputs(signature: SignatureInfo, inputs: Mapping[str, np.ndarray]) -> 
                           f"set {{{_join(expected)}}}.")
     for i, alias in enumerate(sorted(inputs)):
         (dtype, want), array = expected[alias], inputs[alias]
-        got = types_pb2.DT_STRING if array.dtype.kind in "OSU" else _dtype_enum(array.dtype)
+        got = dtype_enum(array.dtype)
         if got != dtype:
             raise invalid(f"Expects arg[{i}] to be {dtype_name(dtype)} but {dtype_name(got)} is provided "
                           f"(input '{alias}')")
         if want is not None and (len(want) != array.ndim or any(w >= 0 and w != g for w, g in zip(want, array.shape))):
             raise invalid(f"input '{alias}' has shape {shape_string(array.shape)} but the signature expects "
                           f"{shape_string(want)}")
-
-
-@functools.lru_cache(maxsize=None)
-def _dtype_enum(dtype: np.dtype) -> int:
-    try:
-        return tf.as_dtype(dtype).as_datatype_enum
-    except TypeError:
-        return types_pb2.DT_INVALID
 
 
 def _find_signature(servable: Servable, name: str) -> SignatureInfo:

@@ -1,5 +1,6 @@
 """Conversions between numpy arrays, TensorProtos (TF Serving's AsProtoField layout) and TF Serving's JSON."""
 import base64
+import functools
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -26,6 +27,17 @@ def dtype_name(dtype: int) -> str:
 
 def shape_string(shape: Tuple[int, ...]) -> str:
     return "[" + ",".join("?" if d is None or d < 0 else str(d) for d in shape) + "]"
+
+
+@functools.lru_cache(maxsize=None)
+def dtype_enum(dtype: np.dtype) -> int:
+    """The TF DataType of a numpy dtype: DT_STRING for bytes, str and object arrays, DT_INVALID if TF has none."""
+    if dtype.kind in "OSU":
+        return types_pb2.DT_STRING
+    try:
+        return tf.as_dtype(dtype).as_datatype_enum
+    except TypeError:
+        return types_pb2.DT_INVALID
 
 
 # dtypes decoded with numpy directly (tf.make_ndarray costs ~4x more); the others go through tf.make_ndarray.
@@ -58,10 +70,7 @@ def ndarray_to_proto(array: np.ndarray, proto: Optional[tensor_pb2.TensorProto] 
     """Fill `proto` (e.g. response.outputs[alias], avoiding a copy) or a new TensorProto with array's values."""
     proto = tensor_pb2.TensorProto() if proto is None else proto
     array = np.asarray(array)
-    dtype = _DT_BY_NUMPY.get(array.dtype)
-    if dtype is None:
-        dtype = types_pb2.DT_STRING if array.dtype.kind in "OSU" else tf.as_dtype(array.dtype).as_datatype_enum
-        _DT_BY_NUMPY[array.dtype] = dtype
+    dtype = dtype_enum(array.dtype)
     field = _VALUE_FIELDS.get(dtype)
     if field is None:
         proto.CopyFrom(tf.make_tensor_proto(array))
@@ -74,9 +83,6 @@ def ndarray_to_proto(array: np.ndarray, proto: Optional[tensor_pb2.TensorProto] 
         values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
     getattr(proto, field).extend(values)
     return proto
-
-
-_DT_BY_NUMPY: Dict[np.dtype, int] = {}
 
 
 # --- JSON (TF Serving's util/json_tensor.cc); hand-written: no library speaks this format. ---
