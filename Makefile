@@ -3,14 +3,17 @@
 PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10; do \
             $$p -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && { echo $$p; break; }; done)
 VENV ?= .venv
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup run test
 
 setup:
 	@test -n "$(PYTHON)" || { echo "Python 3.10 is required: install python3.10 (and python3.10-venv)"; exit 1; }
-	@# kubectl renders the Kubernetes overlays in the tests (Debian's kubernetes-client has kustomize built in).
-	command -v kubectl >/dev/null 2>&1 || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update && \
-	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y kubernetes-client; }
+	@# Debian packages: kubectl renders the Kubernetes overlays in the tests (kubernetes-client has kustomize
+	@# built in); h2load (nghttp2-client) is the serving benchmark's load generator.
+	missing=""; command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
+	  command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
+	  test -z "$$missing" || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $$missing; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet pip==24.3.1
 	$(VENV)/bin/pip install --quiet -r requirements.lock

@@ -1,16 +1,19 @@
 """Benchmark of `iris-tfx serve`: gRPC Predict latency/throughput against the same signature called in-process.
 
-    python benchmarks/serving_benchmark.py [--model_dir <base>/<version>] [--seconds 5]
+    python benchmarks/serving_benchmark.py [--model_dir <base>/<version>] [--seconds 5] [--load_generator h2load]
 
 Starts the server (batching off, then on) on loopback and drives it with a gRPC load generator on the same
-machine (grpc.aio in --client_procs processes, pre-serialized requests). Prints p50/p99 latency and req/s for
-Predict with 1 example at concurrency 1, 8, 32; examples/s with 256-example requests; the in-process time of the
-signature and the server/in-process ratio; and the server's CPU time per request (robust to other load).
+machine: h2load (nghttp2, C) when it is on PATH, else grpc.aio in --client_procs processes. Prints p50/p99 latency
+and req/s for Predict with 1 example at concurrency 1, 8, 32; examples/s with 256-example requests; the
+in-process time of the signature and the server/in-process ratio; and the server's CPU time per request (robust
+to other load). A last "floor" run drives a grpc.aio server that only answers the same PredictResponse bytes: the
+most any Python gRPC server can do on this machine under the same load.
 """
 import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +56,13 @@ def _request_bytes(n: int, model: str) -> bytes:
     return request.SerializeToString()
 
 
+def _call(target: str, payload: bytes) -> bytes:
+    """One Predict call with serialized request and response."""
+    import grpc
+    with grpc.insecure_channel(target) as channel:
+        return channel.unary_unary(PREDICT, request_serializer=None, response_deserializer=None)(payload, timeout=30)
+
+
 def _client(target: str, payload: bytes, concurrency: int, seconds: float, queue) -> None:
     """One load-generator process: `concurrency` coroutines sending `payload` back to back for `seconds`."""
     import grpc
@@ -79,7 +89,16 @@ def _client(target: str, payload: bytes, concurrency: int, seconds: float, queue
     queue.put(asyncio.run(run()))
 
 
-def load(target: str, payload: bytes, concurrency: int, seconds: float, procs: int) -> Dict[str, float]:
+def _summary(latencies: List[float], errors: int, seconds: float) -> Dict[str, float]:
+    latencies = sorted(latencies)
+    n = len(latencies)
+    return {"p50_ms": latencies[n // 2] * 1e3 if n else float("nan"),
+            "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1e3 if n else float("nan"),
+            "rps": n / seconds, "done": n, "errors": errors}
+
+
+def load_python(target: str, payload: bytes, concurrency: int, seconds: float, procs: int) -> Dict[str, float]:
+    """grpc.aio clients in `procs` processes (each costs about as much CPU per request as the server)."""
     procs = max(1, min(procs, concurrency))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -90,11 +109,61 @@ def load(target: str, payload: bytes, concurrency: int, seconds: float, procs: i
     results = [queue.get() for _ in workers]
     for w in workers:
         w.join()
-    latencies = sorted(x for lat, _ in results for x in lat)
-    errors = sum(e for _, e in results)
-    n = len(latencies)
-    return {"p50_ms": latencies[n // 2] * 1e3, "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1e3,
-            "rps": n / seconds, "errors": errors}
+    return _summary([x for lat, _ in results for x in lat], sum(e for _, e in results), seconds)
+
+
+def load_h2load(target: str, payload: bytes, concurrency: int, seconds: float) -> Dict[str, float]:
+    """h2load (nghttp2's HTTP/2 load generator, in C: a few % of the server's CPU per request) sending `payload`
+    as gRPC unary calls: POST with a length-prefixed message. It does not read gRPC status trailers, so `errors`
+    counts HTTP failures only; the caller checks the calls against the server's request_count."""
+    clients = min(concurrency, 4)
+    with tempfile.TemporaryDirectory() as work:
+        body, log = os.path.join(work, "request"), os.path.join(work, "log")
+        with open(body, "wb") as f:
+            f.write(b"\0" + len(payload).to_bytes(4, "big") + payload)  # gRPC message: not compressed, length
+        subprocess.run(["h2load", f"--duration={round(seconds * 1000)}ms", f"--clients={clients}",
+                        f"--max-concurrent-streams={-(-concurrency // clients)}", "-H", "content-type: application/grpc",
+                        "-H", "te: trailers", f"--data={body}", f"--log-file={log}", f"http://{target}{PREDICT}"],
+                       check=True, stdout=subprocess.DEVNULL)
+        with open(log) as f:
+            rows = [line.split("\t") for line in f if line.strip()]  # start us, HTTP status, duration us
+    latencies = [int(r[2]) / 1e6 for r in rows if r[1] == "200"]
+    return _summary(latencies, len(rows) - len(latencies), seconds)
+
+
+def _ok_predicts(rest_port: int) -> int:
+    """Predict calls the server answered OK, from its Prometheus request_count (h2load reads no gRPC status)."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    from serving import defaults
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}{defaults.PROMETHEUS_PATH}", timeout=30) as r:
+        text = r.read().decode()
+    return int(sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name.endswith("request_count_total") and s.labels.get("API") == "predict"
+                   and s.labels.get("status") == "OK"))
+
+
+def _floor_server(response: bytes, queue) -> None:
+    """A grpc.aio PredictionService whose Predict parses the request and answers a fixed PredictResponse: the
+    work every Python gRPC server does, without any of the model server's."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2
+    fixed = predict_pb2.PredictResponse.FromString(response)
+
+    async def predict(request, context):
+        return fixed
+
+    async def run() -> None:
+        server = grpc.aio.server()
+        service, method = PREDICT.strip("/").split("/")
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
+            method: grpc.unary_unary_rpc_method_handler(predict, predict_pb2.PredictRequest.FromString,
+                                                        predict_pb2.PredictResponse.SerializeToString)})])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        queue.put(port)
+        await server.wait_for_termination()
+    asyncio.run(run())
 
 
 class Server:
@@ -171,7 +240,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model_dir", help="a pushed version directory (default: latest under the default push dir)")
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each load run")
-    p.add_argument("--client_procs", type=int, default=2, help="load-generator processes")
+    p.add_argument("--load_generator", choices=("h2load", "python"),
+                   default="h2load" if shutil.which("h2load") else "python",
+                   help="h2load (Debian's nghttp2-client, installed by `make setup`; default when on PATH) or "
+                        "grpc.aio clients")
+    p.add_argument("--client_procs", type=int, default=2, help="processes of the python load generator")
     p.add_argument("--batch_examples", type=int, default=256)
     p.add_argument("--server_arg", action="append", default=[], help="extra server flag, e.g. --grpc_max_threads=4")
     args = p.parse_args(argv)
@@ -187,23 +260,48 @@ def main(argv: Optional[List[str]] = None) -> int:
     one, many = _request_bytes(1, "iris"), _request_bytes(args.batch_examples, "iris")
     t1 = in_process(model_dir, 1, 3.0)
     tn = in_process(model_dir, args.batch_examples, 3.0)
-    print(f"model: {model_dir}   cores: {defaults.cpu_count()}   {args.seconds:g}s per run")
+    print(f"model: {model_dir}   cores: {defaults.cpu_count()}   {args.seconds:g}s per run   "
+          f"load generator: {args.load_generator}")
     print(f"in-process serving_default: 1 example {t1 * 1e3:.3f} ms; {args.batch_examples} examples "
           f"{tn * 1e3:.3f} ms = {args.batch_examples / tn:,.0f} examples/s")
     print(f"{'batching':9} {'examples':>8} {'conc':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'examples/s':>11} "
           f"{'errors':>6} {'p50/in-proc':>11} {'server CPU us/req':>17}")
+
+    def run(label: str, pid: int, target: str, rest_port: Optional[int], n: int, conc: int, payload: bytes,
+            t_in: Optional[float]) -> None:
+        cpu, ok = _cpu_seconds(pid), _ok_predicts(rest_port) if rest_port else 0
+        if args.load_generator == "h2load":
+            r = load_h2load(target, payload, conc, args.seconds)
+        else:
+            r = load_python(target, payload, conc, args.seconds, args.client_procs)
+        cpu_us = (_cpu_seconds(pid) - cpu) / max(1, r["done"]) * 1e6
+        if rest_port:  # calls that got an HTTP answer but not an OK gRPC status
+            r["errors"] += max(0, r["done"] - (_ok_predicts(rest_port) - ok))
+        ratio = f"{r['p50_ms'] / 1e3 / t_in:11.1f}" if t_in else f"{'-':>11}"
+        print(f"{label:9} {n:8d} {conc:5d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['rps']:9,.0f} "
+              f"{r['rps'] * n:11,.0f} {r['errors']:6d} {ratio} {cpu_us:17,.0f}", flush=True)
+
+    response = b""
+    loads = [(1, conc, one, t1) for conc in (1, 8, 32)] + [(args.batch_examples, 8, many, tn)]
     for label, params in (("off", None), ("on", batching)):
         server = Server(base, params, os.path.join(work, f"server-{label}.log"), args.server_arg)
         try:
-            runs = [(1, conc, one, t1) for conc in (1, 8, 32)] + [(args.batch_examples, 8, many, tn)]
-            for n, conc, payload, t_in in runs:
-                cpu = _cpu_seconds(server.proc.pid)
-                r = load(server.target, payload, conc, args.seconds, args.client_procs)
-                cpu_us = (_cpu_seconds(server.proc.pid) - cpu) / max(1.0, r["rps"] * args.seconds) * 1e6
-                print(f"{label:9} {n:8d} {conc:5d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['rps']:9,.0f} "
-                      f"{r['rps'] * n:11,.0f} {r['errors']:6d} {r['p50_ms'] / 1e3 / t_in:11.1f} {cpu_us:17,.0f}")
+            response = response or _call(server.target, one)
+            for n, conc, payload, t_in in loads:
+                run(label, server.proc.pid, server.target, server.rest_port, n, conc, payload, t_in)
         finally:
             server.stop()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    floor = ctx.Process(target=_floor_server, args=(response, queue), daemon=True)
+    floor.start()
+    try:
+        target = f"127.0.0.1:{queue.get(timeout=120)}"
+        for conc in (1, 8, 32):
+            run("floor", floor.pid, target, None, 1, conc, one, None)
+    finally:
+        floor.terminate()
+        floor.join()
     return 0
 
 

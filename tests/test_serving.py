@@ -470,18 +470,33 @@ def test_rest_oversized_body_refused(server):
 def test_prometheus_metrics(server, stub):
     stub.Predict(predict_request([SETOSA]), timeout=30)
     rpc_error(stub.Predict, predict_request([SETOSA], model="nope"))
+    assert http(f"{server.rest_url}/v1/models/iris:predict", b"{not json")[0] == 400
     status, text = http(server.rest_url + "/monitoring/prometheus/metrics")
     assert status == 200
     assert ':tensorflow:serving:request_count_total{API="predict",entrypoint="grpc",model_name="iris",' \
            'model_version="2",status="OK"}' in text
     assert 'model_name="nope",model_version="",status="NOT_FOUND"}' in text
-    # malformed JSON (test_rest_errors) is counted too, before any version is resolved
+    # malformed JSON is counted too, before any version is resolved
     assert ':tensorflow:serving:request_count_total{API="predict",entrypoint="rest",model_name="iris",' \
            'model_version="",status="INVALID_ARGUMENT"}' in text
     assert ':tensorflow:serving:request_latency_bucket{API="predict",entrypoint="grpc",le="0.001",' \
            'model_name="iris"}' in text
     for version in ("1", "2"):
         assert f':tensorflow:serving:model_version_loaded{{model_name="iris",model_version="{version}"}} 1.0' in text
+
+
+def test_serving_benchmark_h2load_calls_are_checked_against_the_servers_count(server):
+    """The benchmark's C load generator (h2load) sends real gRPC calls; as it reads no gRPC status, the benchmark
+    counts them against the server's request_count, which must tell answered-OK calls from failed ones."""
+    from benchmarks import serving_benchmark as bench
+    before = bench._ok_predicts(server.rest_port)
+    good = bench.load_h2load(server.grpc_target, predict_request([SETOSA]).SerializeToString(), 4, 1)
+    assert good["done"] > 0 and good["errors"] == 0 and good["p50_ms"] > 0
+    ok = bench._ok_predicts(server.rest_port)
+    assert good["done"] <= ok - before <= good["done"] + 4  # + calls in flight when h2load's time was up
+    bad = bench.load_h2load(server.grpc_target, predict_request([SETOSA], model="nope").SerializeToString(), 1, 0.5)
+    assert bad["done"] > 0  # HTTP 200 with grpc-status NOT_FOUND in the trailers
+    assert bench._ok_predicts(server.rest_port) == ok
 
 
 # --- client -------------------------------------------------------------------------------------------------
