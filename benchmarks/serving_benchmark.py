@@ -6,8 +6,8 @@ Starts the server (batching off, then on) on loopback and drives it with a gRPC 
 machine: h2load (nghttp2, C) when it is on PATH, else grpc.aio in --client_procs processes. Prints p50/p99 latency
 and req/s for Predict with 1 example at concurrency 1, 8, 32; examples/s with 256-example requests; the
 in-process time of the signature and the server/in-process ratio; and the server's CPU time per request (robust
-to other load). A last "floor" run drives a grpc.aio server that only answers the same PredictResponse bytes: the
-most any Python gRPC server can do on this machine under the same load.
+to other load). A last "floor" run drives a grpc.aio server that only parses the request and answers the same
+PredictResponse: what Python gRPC alone allows on this machine under the same load.
 """
 import argparse
 import asyncio
