@@ -144,21 +144,19 @@ def _ok_predicts(rest_port: int) -> int:
 
 
 def _floor_server(response: bytes, queue) -> None:
-    """A grpc.aio PredictionService whose Predict parses the request and answers a fixed PredictResponse: the
-    work every Python gRPC server does, without any of the model server's."""
+    """A grpc.aio PredictionService, registered as the model server registers its own, whose Predict answers a fixed
+    PredictResponse: the work every Python gRPC server does (parse, dispatch, serialize), none of the model's."""
     import grpc
-    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     fixed = predict_pb2.PredictResponse.FromString(response)
 
-    async def predict(request, context):
-        return fixed
+    class Floor(prediction_service_pb2_grpc.PredictionServiceServicer):
+        async def Predict(self, request, context):
+            return fixed
 
     async def run() -> None:
         server = grpc.aio.server()
-        service, method = PREDICT.strip("/").split("/")
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
-            method: grpc.unary_unary_rpc_method_handler(predict, predict_pb2.PredictRequest.FromString,
-                                                        predict_pb2.PredictResponse.SerializeToString)})])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Floor(), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         queue.put(port)
