@@ -1,12 +1,14 @@
 """create_pipeline: the pure factory that wires every TFX component from a PipelineConfig."""
 import dataclasses
-import os
 
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.dsl.components.base import executor_spec
 
 from components import constants
+from components import example_gen as example_gen_executor
 from components.baseline import CANDIDATE_KEY, PreviousBlessedModelStrategy
 from components.validation import AnomaliesGate
 from pipeline.config import PipelineConfig
@@ -18,14 +20,14 @@ RUN_FN = "components.trainer.run_fn"
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     """CsvExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate ->
     Transform -> Trainer -> [Resolver: the previous blessed model] -> Evaluator -> Pusher."""
-    example_gen = tfx.components.CsvExampleGen(
-        input_base=os.path.dirname(os.path.abspath(config.data_path)) if "://" not in config.data_path
-        else os.path.dirname(config.data_path),
-        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(
-            name="single_split", pattern=os.path.basename(config.data_path))]),
+    input_base, pattern = example_gen_executor.literal_input(config.data_path)  # exactly that file, no glob
+    example_gen = FileBasedExampleGen(  # CsvExampleGen itself takes no custom executor in TFX 1.16
+        input_base=input_base,
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="single_split", pattern=pattern)]),
         output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
             tfx.proto.SplitConfig.Split(name="train", hash_buckets=4),
-            tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1)])))
+            tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1)])),
+        custom_executor_spec=executor_spec.BeamExecutorSpec(example_gen_executor.Executor)).with_id("CsvExampleGen")
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
     example_validator = tfx.components.ExampleValidator(
