@@ -5,18 +5,22 @@ names another binary), every built-in object is validated by kubernetes-validate
 pinned Kubernetes version, the custom resources (TFJob, InferenceService) against schemas of their
 required fields written here, and ports, model name and paths are cross-checked between the manifests,
 the ConfigMap's models.config, serving.defaults, the local server's flags and the pipeline image.
+The rendered manifests and the Dockerfile are also scanned by checkov (from `make setup`'s .venv-scan):
+any finding that is not in ACCEPTED_FINDINGS, with its reason, fails.
 """
 import ast
 import copy
 import functools
 import importlib.metadata
+import json
 import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
-from typing import Dict, List, Tuple
+import tempfile
+from typing import Dict, List, Optional, Set, Tuple
 
 import jsonschema
 import kubernetes_validate
@@ -38,13 +42,20 @@ K8S_VERSION = "1.30.0"
 
 SERVING_IMAGE = "tensorflow/serving"
 DEPLOYMENT = "iris-serving"
-SERVING_CONTAINER = "tensorflow-serving"
+SERVING_CONTAINER = "model-server"
 CONFIGMAP = "iris-serving-config"
 MODELS_PVC = "iris-models"
 TFJOB = "iris-train"
 TRAIN_MODULE = "components.train_standalone"
 TRAIN_FLAGS = ("--transformed-examples", "--transform-graph", "--output")
 PROJECT_IMAGE = "iris-tfx"  # the image name in the base, replaced by each overlay's `images:`
+PROJECT_SERVER_COMMAND = ["iris-tfx", "serve"]  # the project's drop-in for tensorflow_model_server
+# The prod overlay's lockdown (flags of `iris-tfx serve` that tensorflow_model_server does not have).
+LOCKDOWN_FLAGS = {"enable_model_management": "false", "model_base_path_roots": "/models"}
+# NetworkPolicy: the label of client pods (and of namespaces whose labelled pods are clients), and Prometheus.
+CLIENT_LABEL = {"iris-tfx/serving-client": "true"}
+PROMETHEUS_NAMESPACE = {"kubernetes.io/metadata.name": "monitoring"}
+PROMETHEUS_PODS = {"app.kubernetes.io/name": "prometheus"}
 
 # Flags of tensorflow_model_server (tensorflow_serving/model_servers/main.cc) that a manifest may use.
 TF_SERVING_FLAGS = {
@@ -122,6 +133,11 @@ def kustomization(directory: pathlib.Path) -> dict:
 def serving_container(objects: List[dict]) -> dict:
     pod = one(objects, "Deployment", DEPLOYMENT)["spec"]["template"]["spec"]
     return next(c for c in pod["containers"] if c["name"] == SERVING_CONTAINER)
+
+
+def runs_tf_serving(container: dict) -> bool:
+    """Whether the serving container runs tensorflow/serving (else the project image's `iris-tfx serve`)."""
+    return container["image"].partition(":")[0] == SERVING_IMAGE
 
 
 def flags(container: dict) -> Dict[str, str]:
@@ -456,7 +472,8 @@ def test_ports_and_model_name_agree_with_serving_defaults(overlay):
     objects = render_overlay(overlay)
     container = serving_container(objects)
     args = flags(container)
-    assert set(args) <= TF_SERVING_FLAGS, set(args) - TF_SERVING_FLAGS
+    known = TF_SERVING_FLAGS if runs_tf_serving(container) else TF_SERVING_FLAGS | set(LOCKDOWN_FLAGS)
+    assert set(args) <= known, set(args) - known
     assert int(args["port"]) == defaults.GRPC_PORT
     assert int(args["rest_api_port"]) == defaults.REST_PORT
     ports = {p["name"]: (p["containerPort"], p.get("protocol", "TCP")) for p in container["ports"]}
@@ -475,11 +492,76 @@ def test_ports_and_model_name_agree_with_serving_defaults(overlay):
     for name, port in by_name.items():
         assert port["targetPort"] in (name, ports[name][0])
 
+
+def network_policy_problems(policy: dict) -> List[str]:
+    """What lets a serving NetworkPolicy admit more than labelled clients (gRPC, REST) and Prometheus (REST), or
+    lets the pods connect anywhere; empty when it is as intended."""
+    problems = []
+    if set(policy.get("policyTypes", [])) != {"Ingress", "Egress"}:
+        problems.append(f"policyTypes {policy.get('policyTypes')}: both Ingress and Egress must be restricted")
+    if policy.get("egress"):
+        problems.append(f"egress rules {policy['egress']}: the serving pods need no egress at all")
+    admitted: Dict[str, Set[Tuple[str, int]]] = {}
+    for rule in policy.get("ingress", []):
+        if not rule.get("from"):
+            problems.append(f"ingress rule without `from` admits any source: {rule}")
+        if not rule.get("ports"):
+            problems.append(f"ingress rule without ports admits every port: {rule}")
+        ports = {(p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports", [])}
+        for peer in rule.get("from", []):
+            if "ipBlock" in peer or not peer.get("podSelector", {}).get("matchLabels"):
+                problems.append(f"peer {peer} is not limited to labelled pods")
+                continue
+            namespaces = peer.get("namespaceSelector")
+            if namespaces is not None and not namespaces.get("matchLabels"):
+                problems.append(f"peer {peer} selects pods in every namespace")
+            key = json.dumps(peer, sort_keys=True)
+            admitted[key] = admitted.get(key, set()) | ports
+    serving_ports = {("TCP", defaults.GRPC_PORT), ("TCP", defaults.REST_PORT)}
+    expected = {json.dumps(peer, sort_keys=True): ports for peer, ports in [
+        ({"podSelector": {"matchLabels": CLIENT_LABEL}}, serving_ports),
+        ({"namespaceSelector": {"matchLabels": CLIENT_LABEL}, "podSelector": {"matchLabels": CLIENT_LABEL}},
+         serving_ports),
+        ({"namespaceSelector": {"matchLabels": PROMETHEUS_NAMESPACE}, "podSelector": {"matchLabels": PROMETHEUS_PODS}},
+         {("TCP", defaults.REST_PORT)}),
+    ]}
+    if admitted != expected:
+        problems.append(f"admitted peers and ports {admitted} differ from {expected}")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", available_overlays())
+def test_training_workers_reach_only_each_other_and_dns(overlay):
+    objects = render_overlay(overlay)
+    policy = one(objects, "NetworkPolicy", TFJOB)["spec"]
+    workers = one(objects, "TFJob", TFJOB)["spec"]["tfReplicaSpecs"]["Worker"]["template"]["metadata"]["labels"]
+    serving = one(objects, "Deployment", DEPLOYMENT)["spec"]["template"]["metadata"]["labels"]
+    selector = policy["podSelector"]["matchLabels"]
+    assert selector.items() <= workers.items() and not selector.items() <= serving.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    worker_port = [{"protocol": "TCP", "port": 2222}]
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": selector}}], "ports": worker_port}]
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    assert policy["egress"] == [{"to": [{"podSelector": {"matchLabels": selector}}], "ports": worker_port},
+                                {"to": [dns], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]
+
+
+@pytest.mark.parametrize("overlay", available_overlays())
+def test_network_policy_admits_only_clients_and_prometheus_and_no_egress(overlay):
+    objects = render_overlay(overlay)
     policy = one(objects, "NetworkPolicy", DEPLOYMENT)["spec"]
-    assert policy["policyTypes"] == ["Ingress"]
-    admitted = {(p.get("protocol", "TCP"), p["port"]) for rule in policy["ingress"] for p in rule.get("ports", [])}
-    assert all(rule.get("ports") for rule in policy["ingress"]), "an ingress rule without ports admits every port"
-    assert admitted == {("TCP", defaults.GRPC_PORT), ("TCP", defaults.REST_PORT)}
+    assert network_policy_problems(policy) == []
+    # Prometheus scrapes the REST port, where the model server exposes its metrics.
+    assert flags(serving_container(objects))["rest_api_port"] == str(defaults.REST_PORT)
+    # The checks catch the holes the policy once had (any source, any destination).
+    for break_policy in (lambda p: p["ingress"][0].pop("from"), lambda p: p.update(policyTypes=["Ingress"]),
+                         lambda p: p["ingress"][1]["from"][0].pop("podSelector"),
+                         lambda p: p["ingress"][0]["from"][1].update(namespaceSelector={}),
+                         lambda p: p.update(egress=[{}]), lambda p: p["ingress"][1]["ports"].append({"port": 8500})):
+        broken = copy.deepcopy(policy)
+        break_policy(broken)
+        assert network_policy_problems(broken), broken
 
 
 @pytest.mark.parametrize("overlay", available_overlays())
@@ -596,10 +678,41 @@ def test_config_parsers_reject_malformed_files():
         parse_batching("max_batch_size: 32")  # a wrapper message, not a scalar
 
 
-def test_serving_image_is_pinned_to_the_tf_serving_api_version():
-    deployment = one(render_overlay("prod"), "Deployment", DEPLOYMENT)
-    image = serving_container([deployment])["image"]
-    assert image == f"{SERVING_IMAGE}:{importlib.metadata.version('tensorflow-serving-api')}"
+@pytest.mark.parametrize("overlay", available_overlays())
+def test_serving_image_is_tf_serving_at_the_api_version_or_the_project_image(overlay):
+    container = serving_container(render_overlay(overlay))
+    if runs_tf_serving(container):
+        assert container["image"] == f"{SERVING_IMAGE}:{importlib.metadata.version('tensorflow-serving-api')}"
+        assert container["command"] == ["/usr/bin/tensorflow_model_server"]
+    else:  # the pipeline image of the overlay (the TFJob's), whose console command is the project's server
+        (image,) = [i for i in kustomization(OVERLAYS_DIR / overlay)["images"] if i["name"] == PROJECT_IMAGE]
+        assert container["image"] == f"{image['newName']}:{image['newTag']}"
+        assert container["command"] == PROJECT_SERVER_COMMAND
+        scripts = importlib.metadata.entry_points(group="console_scripts")
+        assert [e.value for e in scripts if e.name == PROJECT_SERVER_COMMAND[0]] == ["pipeline.cli:main"]
+
+
+def test_prod_locks_down_model_management_and_model_paths():
+    # TF Serving cannot do this (no such flags), hence `iris-tfx serve` in prod (overlays/prod/model-server-patch.yaml).
+    from serving import config as local
+    objects = render_overlay("prod")
+    container = serving_container(objects)
+    assert not runs_tf_serving(container) and container["command"] == PROJECT_SERVER_COMMAND
+    args = flags(container)
+    assert {name: args.get(name) for name in LOCKDOWN_FLAGS} == LOCKDOWN_FLAGS
+    # The server's own parser reads them as: management off, base paths confined to the models volume.
+    parsed = local.parse_flags(container["args"])
+    assert parsed.enable_model_management is False
+    assert tuple(parsed.model_base_path_roots) == (LOCKDOWN_FLAGS["model_base_path_roots"],)
+    pod = one(objects, "Deployment", DEPLOYMENT)["spec"]["template"]["spec"]
+    (root,) = parsed.model_base_path_roots
+    volume, mount = volume_mounted_at(pod, container, root)
+    assert mount["mountPath"] == root and mount.get("readOnly") is True
+    assert volume["persistentVolumeClaim"]["claimName"] == MODELS_PVC
+    # What models.config serves lies under the root, so the lockdown does not lock the served model out.
+    (model,) = parse_models_config(one(objects, "ConfigMap", CONFIGMAP)["data"]["models.config"]
+                                   ).model_config_list.config
+    assert model.base_path.startswith(root.rstrip("/") + "/")
 
 
 @pytest.mark.parametrize("overlay", available_overlays())
@@ -609,23 +722,32 @@ def test_security_context_and_resources(overlay):
     job = one(objects, "TFJob", TFJOB)
     pods = [("serving", deployment["spec"]["template"]["spec"])] + [
         (name, r["template"]["spec"]) for name, r in job["spec"]["tfReplicaSpecs"].items()]
+    uid, gid = dockerfile_user()
     for name, pod in pods:
         pod_security = pod.get("securityContext", {})
         assert pod_security.get("runAsNonRoot") is True, name
-        assert pod_security.get("runAsUser", 0) != 0, name
+        assert pod_security.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+        # The image's own user, so files the image prepared for it (see the Dockerfile) stay its own.
+        assert (pod_security.get("runAsUser"), pod_security.get("runAsGroup")) == (uid, gid), name
+        assert pod.get("automountServiceAccountToken") is False, name
         for container in pod["containers"]:
-            security = container.get("securityContext", {})
-            assert security.get("allowPrivilegeEscalation") is False, name
-            assert security.get("capabilities", {}).get("drop") == ["ALL"], name
+            assert_container_locked_down(pod, container, name)
             resources = container["resources"]
             for resource in ("cpu", "memory"):
                 request, limit = resources["requests"][resource], resources["limits"][resource]
                 assert 0 < quantity(request) <= quantity(limit), (name, resource, request, limit)
-    pod = deployment["spec"]["template"]["spec"]
-    container = serving_container(objects)
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def assert_container_locked_down(pod: dict, container: dict, name: str) -> None:
+    """Non-root, no privilege escalation, no capabilities, a read-only root filesystem with an emptyDir /tmp."""
+    security = container.get("securityContext", {})
+    assert security.get("allowPrivilegeEscalation") is False, name
+    assert security.get("capabilities", {}).get("drop") == ["ALL"] and not security["capabilities"].get("add"), name
+    assert security.get("readOnlyRootFilesystem") is True, name
+    assert security.get("privileged", False) is False, name
+    assert (security.get("runAsNonRoot") or pod.get("securityContext", {}).get("runAsNonRoot")) is True, name
     tmp_volume, _ = volume_mounted_at(pod, container, "/tmp")
-    assert "emptyDir" in tmp_volume
+    assert "emptyDir" in tmp_volume, name
 
 
 def test_overlays_size_serving_as_intended():
@@ -679,6 +801,18 @@ def test_kserve_inference_service_serves_the_pushed_model():
         jsonschema.validate(broken, INFERENCE_SERVICE_SCHEMA)
 
 
+def test_kserve_model_server_is_locked_down():
+    (isvc,) = render(KSERVE)
+    predictor = isvc["spec"]["predictor"]
+    model = predictor["model"]
+    # On the container (Knative accepts container securityContext fields without feature flags).
+    assert_container_locked_down(predictor, model, "kserve")
+    security = model["securityContext"]
+    assert security.get("runAsNonRoot") is True and security.get("runAsUser", 0) > 0
+    assert security.get("seccompProfile") == {"type": "RuntimeDefault"}
+    assert predictor.get("automountServiceAccountToken") is False
+
+
 def test_overlays_do_not_need_kserve():
     for overlay in available_overlays():
         assert not [o for o in render_overlay(overlay) if o["apiVersion"].startswith("serving.kserve.io/")]
@@ -717,10 +851,166 @@ def test_dockerfile_builds_on_tfx_with_the_locked_project():
         assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, (module, function)
 
 
+def dockerfile_user() -> Tuple[int, int]:
+    """The numeric uid and gid of the image's last USER instruction (a name would not prove non-root)."""
+    users = [rest for keyword, rest in dockerfile_instructions() if keyword == "USER"]
+    assert users, "the Dockerfile sets no USER: the image would run as root"
+    match = re.fullmatch(r"(\d+):(\d+)", users[-1])
+    assert match, f"USER {users[-1]}: give a numeric uid:gid, so that Kubernetes' runAsNonRoot can verify it"
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_image_runs_as_a_high_numeric_non_root_user():
+    instructions = dockerfile_instructions()
+    uid, gid = dockerfile_user()
+    assert uid >= 10000 and gid >= 10000, "above the host's system and user ids (checkov CKV_K8S_40)"
+    # The user switch comes after every RUN (installs need root) and is the last word on the user.
+    last_run = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "RUN")
+    assert [k for k, _ in instructions[last_run:]].count("USER") == 1 and instructions[-1][0] == "USER"
+    runs = " ".join(rest for keyword, rest in instructions if keyword == "RUN")
+    assert re.search(rf"useradd [^&]*--uid {uid} --gid {gid}", runs), "the user exists in /etc/passwd"
+
+
 def test_dockerignore_keeps_the_context_to_the_sources():
     patterns = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
-    assert {".venv", ".git", "iris-tfx-work"} <= patterns
+    assert {".venv", ".venv-scan", ".git", "iris-tfx-work"} <= patterns
     assert any("__pycache__" in p for p in patterns)
     for needed in ("components", "pipeline", "serving", "requirements.lock", "Dockerfile"):
         assert needed not in patterns
+
+
+# --- the scanner: checkov over the rendered manifests and the Dockerfile --------------------------------
+
+SCAN_LOCK = REPO / "requirements-scan.lock"
+_DIGEST = ("images by pinned tag, not digest: the project image is built and pushed per registry and "
+           "tensorflow/serving is mirrored, so digests are known at deploy time only; pin them there with "
+           "`images: [{name, digest}]` in the overlay")
+# Findings accepted on purpose: (check id, "<Kind>/<name>" of a scanned object or "Dockerfile") -> reason.
+# Any other finding fails test_scanner_reports_only_accepted_findings.
+ACCEPTED_FINDINGS = {
+    ("CKV_K8S_43", f"Deployment/{DEPLOYMENT}"): _DIGEST,
+    ("CKV_K8S_43", f"Pod/{TFJOB}-worker"): _DIGEST,
+    ("CKV_K8S_43", "Pod/iris-predictor"): _DIGEST,
+    ("CKV_K8S_8", f"Pod/{TFJOB}-worker"): "a training worker serves nothing a liveness probe could ask; the "
+                                          "operator restarts a failed worker (restartPolicy: OnFailure)",
+    ("CKV_K8S_9", f"Pod/{TFJOB}-worker"): "a training worker takes no traffic, so readiness means nothing",
+    ("CKV_K8S_8", "Pod/iris-predictor"): "KServe's TF Serving runtime and Knative probe the model server they run",
+    ("CKV_K8S_9", "Pod/iris-predictor"): "KServe's TF Serving runtime and Knative probe the model server they run",
+    ("CKV_K8S_29", "Pod/iris-predictor"): "a pod-level securityContext needs Knative's kubernetes.podspec-securitycontext "
+                                          "feature (off by default); the same settings are on the container",
+    ("CKV2_K8S_6", "Pod/iris-predictor"): "KServe's traffic comes through Knative's activator and the cluster's ingress "
+                                          "gateway, whose namespaces and labels belong to the KServe installation, "
+                                          "which is where its NetworkPolicies live",
+    ("CKV_DOCKER_2", "Dockerfile"): "no HEALTHCHECK: Kubernetes ignores it (the Deployment has its own probes) and "
+                                    "the image's batch uses (pipeline components, TFJob workers) have nothing to check",
+}
+
+
+def scanner() -> str:
+    """checkov from `make setup`'s .venv-scan ($CHECKOV names another binary)."""
+    name = os.environ.get("CHECKOV", str(REPO / ".venv-scan" / "bin" / "checkov"))
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"checkov not found at {name}: run `make setup` (it installs checkov into .venv-scan from "
+                    "requirements-scan.lock) or set CHECKOV to a checkov binary")
+    return path
+
+
+def pod_of_tfjob_replica(job: dict, replica_type: str) -> dict:
+    """A replica's pod template as the Pod the Training Operator creates from it (checkov skips custom kinds)."""
+    template = job["spec"]["tfReplicaSpecs"][replica_type]["template"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {**template.get("metadata", {}), "name": f"{job['metadata']['name']}-{replica_type.lower()}",
+                         "namespace": job["metadata"].get("namespace", "default")},
+            "spec": template["spec"]}
+
+
+def pod_of_inference_service(isvc: dict, namespace: str) -> dict:
+    """The predictor Pod KServe creates: the runtime's image (tensorflow/serving:<runtimeVersion>) in a container
+    with the model's container fields, and the predictor's pod fields."""
+    predictor = isvc["spec"]["predictor"]
+    model_only = {"modelFormat", "runtime", "runtimeVersion", "storageUri", "protocolVersion", "storage"}
+    container = {k: v for k, v in predictor["model"].items() if k not in model_only}
+    container.update(name="kserve-container", image=f"{SERVING_IMAGE}:{predictor['model']['runtimeVersion']}")
+    pod_fields = {"automountServiceAccountToken", "securityContext", "volumes", "serviceAccountName",
+                  "nodeSelector", "tolerations", "affinity", "imagePullSecrets"}
+    spec = {k: v for k, v in predictor.items() if k in pod_fields}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{isvc['metadata']['name']}-predictor", "namespace": namespace,
+                         "labels": isvc["metadata"].get("labels", {})},
+            "spec": {**spec, "containers": [container]}}
+
+
+def scan_inputs(directory: pathlib.Path) -> None:
+    """Write what is deployed into DIRECTORY: each overlay as rendered, the TFJob's and the InferenceService's pods
+    (in the prod namespace), and the Dockerfile. The base alone is never applied (overlays set the namespace)."""
+    for overlay in available_overlays():
+        objects = render_overlay(overlay)
+        pods = [pod_of_tfjob_replica(one(objects, "TFJob", TFJOB), r)
+                for r in one(objects, "TFJob", TFJOB)["spec"]["tfReplicaSpecs"]]
+        (directory / f"{overlay}.yaml").write_text(yaml.safe_dump_all(objects + pods))
+    namespace = kustomization(OVERLAYS_DIR / "prod")["namespace"]
+    (directory / "kserve.yaml").write_text(yaml.safe_dump_all([pod_of_inference_service(o, namespace)
+                                                               for o in render(KSERVE)]))
+    shutil.copy(REPO / "Dockerfile", directory / "Dockerfile")
+
+
+def finding_subject(check_type: str, resource: str) -> str:
+    """'<Kind>/<name>' of a Kubernetes resource as checkov names it (Kind.namespace.name), or 'Dockerfile'."""
+    if check_type == "dockerfile":
+        return "Dockerfile"
+    kind, _, rest = resource.partition(".")
+    return f"{kind}/{rest.partition('.')[2]}"
+
+
+@functools.lru_cache(maxsize=1)
+def scan() -> Tuple[Tuple[Tuple[str, str, str], ...], Tuple[Tuple[str, str], ...], Tuple[str, ...]]:
+    """Runs checkov once: its (check id, subject, file) findings, the (framework, subject)s it checked, versions."""
+    with tempfile.TemporaryDirectory(prefix="iris-checkov-") as tmp:
+        scan_inputs(pathlib.Path(tmp))
+        proc = subprocess.run([scanner(), "--directory", tmp, "--framework", "kubernetes", "dockerfile",
+                               "--output", "json", "--skip-download", "--soft-fail"],
+                              capture_output=True, text=True, timeout=600)
+    try:
+        reports = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"checkov failed ({proc.returncode}):\n{proc.stderr[-3000:]}\n{proc.stdout[-1000:]}")
+    findings, checked, versions = set(), set(), set()
+    for report in reports if isinstance(reports, list) else [reports]:
+        framework = report.get("check_type", "")
+        versions.add(report.get("summary", {}).get("checkov_version", ""))
+        results = report.get("results", {})
+        for outcome in ("passed_checks", "failed_checks"):
+            for result in results.get(outcome, []):
+                subject = finding_subject(framework, result["resource"])
+                checked.add((framework, subject))
+                if outcome == "failed_checks":
+                    findings.add((result["check_id"], subject, result["file_path"]))
+    return tuple(sorted(findings)), tuple(sorted(checked)), tuple(sorted(versions))
+
+
+def test_scanner_is_the_locked_checkov():
+    pinned = [line for line in SCAN_LOCK.read_text().splitlines() if line.startswith("checkov==")]
+    assert len(pinned) == 1, "requirements-scan.lock pins checkov"
+    _, _, versions = scan()
+    assert versions == (pinned[0].split("==")[1],)
+
+
+def test_scanner_checks_every_deployed_object_and_the_dockerfile():
+    _, checked, _ = scan()
+    expected = {("dockerfile", "Dockerfile"), ("kubernetes", f"Deployment/{DEPLOYMENT}"),
+                ("kubernetes", f"Pod/{TFJOB}-worker"), ("kubernetes", "Pod/iris-predictor")}
+    assert expected <= set(checked), expected - set(checked)
+
+
+def test_scanner_reports_only_accepted_findings():
+    findings, _, _ = scan()
+    unexpected = [f"{check} {subject} ({path})" for check, subject, path in findings
+                  if (check, subject) not in ACCEPTED_FINDINGS]
+    assert not unexpected, "checkov findings (fix them, or accept one in ACCEPTED_FINDINGS with its reason):\n" + \
+        "\n".join(unexpected)
+    # Nothing is accepted without a reason, and no acceptance outlives its finding.
+    assert all(len(reason) > 20 for reason in ACCEPTED_FINDINGS.values())
+    stale = set(ACCEPTED_FINDINGS) - {(check, subject) for check, subject, _ in findings}
+    assert not stale, f"accepted findings checkov no longer reports (remove them): {sorted(stale)}"
