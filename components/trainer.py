@@ -1,9 +1,10 @@
 """TFX Trainer run_fn: trains the classifier under the selected strategy and exports the serving model."""
-import math
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -13,67 +14,122 @@ from tfx_bsl.public import tfxio
 from components import constants, model as model_lib
 from components.hyperparameters import Hyperparameters
 
+TRAINING_RECORD = "training.json"  # in the Trainer's model_run dir: what the run used (see TrainingRecord)
+
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """TFX entry point: train on the transformed train split, export to fn_args.serving_model_dir."""
+    """TFX entry point: train on the transformed train split within the budget, early-stopping on the eval
+    split; export to fn_args.serving_model_dir and record what was used in <model_run_dir>/training.json."""
     hparams = Hyperparameters.from_custom_config(fn_args.custom_config)
     strategy = model_lib.select_strategy(hparams.cpu_replicas)  # first: collectives need an unused runtime
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    num_examples = count_examples(fn_args.train_files)
+    budget = hparams.budget(num_examples, strategy.num_replicas_in_sync)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         return dataset(fn_args.data_accessor, fn_args.train_files, tf_transform_output, hparams,
-                        input_context)
+                       input_context, budget.batch_per_replica)
 
-    train_and_export(strategy, dataset_fn, count_examples(fn_args.train_files), tf_transform_output, hparams,
-                     fn_args.serving_model_dir, fn_args.model_run_dir)
+    train_and_export(strategy, dataset_fn, num_examples, tf_transform_output, hparams,
+                     fn_args.serving_model_dir, fn_args.model_run_dir,
+                     early_stopping_data(fn_args.data_accessor, fn_args.eval_files, tf_transform_output, hparams,
+                                         budget.global_batch))
 
 
-def count_examples(file_patterns: List[str]) -> int:
-    """Number of records in the (GZIP'd TFRecord) files matching the patterns: one cheap pass."""
+def count_examples(file_patterns: List[str], limit: Optional[int] = None) -> int:
+    """Number of records (up to limit) in the GZIP'd TFRecord files matching the patterns: one cheap pass."""
     files = [f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)]
-    return int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(0, lambda n, _: n + 1))
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return int((records.take(limit) if limit else records).reduce(0, lambda n, _: n + 1))
+
+
+@dataclasses.dataclass
+class TrainingRecord:
+    """What a training run used and did: written to <model_run_dir>/training.json for the run summary."""
+    num_train_examples: int
+    replicas: int
+    batch_per_replica: int
+    global_batch: int
+    learning_rate: float
+    dropout: float
+    max_steps: int           # the budget's bound
+    steps: int               # optimizer steps actually run
+    num_eval_examples: int   # examples the early-stopping loss was computed on (0: no early stopping)
+    stopped_early: bool
+    best_step: int           # the weights kept are those after this step (== steps without early stopping)
+
+    def write(self, directory: str) -> None:
+        tf.io.gfile.makedirs(directory)
+        with tf.io.gfile.GFile(os.path.join(directory, TRAINING_RECORD), "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
 
 
 def train(strategy: tf.distribute.Strategy, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
           num_examples: int, num_classes: int, hparams: Hyperparameters, log_dir: Optional[str] = None
           ) -> tf.keras.Model:
-    """Seeds, builds the model inside the strategy (see model.select_strategy) and fits it."""
+    """fit() without early stopping, returning only the model."""
+    return fit(strategy, dataset_fn, num_examples, num_classes, hparams, log_dir)[0]
+
+
+def fit(strategy: tf.distribute.Strategy, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+        num_examples: int, num_classes: int, hparams: Hyperparameters, log_dir: Optional[str] = None,
+        eval_data: Optional[Tuple[tf.data.Dataset, int]] = None) -> Tuple[tf.keras.Model, TrainingRecord]:
+    """Seeds, builds the model inside the strategy (see model.select_strategy) and fits it within the budget.
+
+    dataset_fn must batch by hparams.budget(num_examples, replicas).batch_per_replica. eval_data, (global
+    batches, number of examples): early stopping on its loss, keeping the best round's weights."""
     if not tf.keras.__name__.startswith("tf_keras"):
         raise RuntimeError("TFX 1.16 needs Keras 2: install tf-keras and set TF_USE_LEGACY_KERAS=1 before "
                            f"TensorFlow is imported (tf.keras is {tf.keras.__name__})")
     if num_examples < 1:
         raise ValueError("there are no training examples")
+    budget = hparams.budget(num_examples, strategy.num_replicas_in_sync)
     tf.keras.utils.set_random_seed(hparams.seed)
     tf.config.experimental.enable_op_determinism()
-    steps_per_epoch = math.ceil(num_examples / (hparams.batch_size_per_replica * strategy.num_replicas_in_sync))
     with strategy.scope():
         model = model_lib.build_model(
-            num_classes=num_classes, hidden_units=hparams.hidden_units, learning_rate=hparams.learning_rate,
-            l2=hparams.l2, dropout=hparams.dropout, label_smoothing=hparams.label_smoothing,
-            steps_per_execution=steps_per_epoch)  # one tf.function call per epoch: far less overhead
-    callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")] if log_dir else []
-    model.fit(strategy.distribute_datasets_from_function(dataset_fn), epochs=hparams.epochs,
-              steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks)
+            num_classes=num_classes, hidden_units=hparams.hidden_units, learning_rate=budget.learning_rate,
+            l2=hparams.l2, dropout=budget.dropout, label_smoothing=hparams.label_smoothing,
+            steps_per_execution=budget.steps_per_round)  # one tf.function call per round: far less overhead
+    callbacks: List[tf.keras.callbacks.Callback] = (
+        [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")] if log_dir else [])
+    stopper = None
+    if eval_data is not None:
+        stopper = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=hparams.early_stopping_patience,
+                                                   restore_best_weights=True)
+        callbacks.append(stopper)
+    history = model.fit(strategy.distribute_datasets_from_function(dataset_fn), epochs=budget.rounds,
+                        steps_per_epoch=budget.steps_per_round, verbose=0, callbacks=callbacks,
+                        validation_data=eval_data[0] if eval_data else None)
+    rounds_run = len(history.epoch)
+    best_round = stopper.best_epoch + 1 if stopper and stopper.best_weights is not None else rounds_run
     with strategy.scope():
         model_lib.compile_for_export(model)
-    return model
+    return model, TrainingRecord(
+        num_train_examples=num_examples, replicas=strategy.num_replicas_in_sync,
+        batch_per_replica=budget.batch_per_replica, global_batch=budget.global_batch,
+        learning_rate=budget.learning_rate, dropout=budget.dropout, max_steps=budget.steps,
+        steps=rounds_run * budget.steps_per_round,
+        num_eval_examples=eval_data[1] if eval_data else 0, stopped_early=rounds_run < budget.rounds,
+        best_step=best_round * budget.steps_per_round)
 
 
 def train_and_export(strategy: tf.distribute.Strategy,
                      dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], num_examples: int,
                      tf_transform_output: tft.TFTransformOutput, hparams: Hyperparameters,
-                     serving_model_dir: str, log_dir: str) -> bool:
-    """Trains, then exports the serving model; under multi-worker only the chief's copy is kept.
-
-    Returns whether this task wrote serving_model_dir (False on non-chief workers)."""
+                     serving_model_dir: str, log_dir: str,
+                     eval_data: Optional[Tuple[tf.data.Dataset, int]] = None) -> bool:
+    """Trains, then exports the serving model and the TrainingRecord (in log_dir); under multi-worker only the
+    chief's copies are kept. Returns whether this task wrote serving_model_dir (False on non-chief workers)."""
     chief = is_chief(strategy)
     scratch = None if chief else tempfile.mkdtemp(prefix="iris-worker-")  # others write only to join collectives
     try:
-        model = train(strategy, dataset_fn, num_examples,
-                      tf_transform_output.vocabulary_size_by_name(constants.LABEL_VOCABULARY), hparams,
-                      log_dir if chief else os.path.join(scratch, "logs"))
+        model, record = fit(strategy, dataset_fn, num_examples,
+                            tf_transform_output.vocabulary_size_by_name(constants.LABEL_VOCABULARY), hparams,
+                            log_dir if chief else os.path.join(scratch, "logs"), eval_data)
         export_serving_model(model, tf_transform_output,
                              serving_model_dir if chief else os.path.join(scratch, "model"))
+        record.write(log_dir if chief else os.path.join(scratch, "logs"))
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -81,17 +137,37 @@ def train_and_export(strategy: tf.distribute.Strategy,
 
 
 def dataset(data_accessor: tfx.components.DataAccessor, file_pattern: List[str],
-             tf_transform_output: tft.TFTransformOutput, hparams: Hyperparameters,
-             input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+            tf_transform_output: tft.TFTransformOutput, hparams: Hyperparameters,
+            input_context: tf.distribute.InputContext, batch_per_replica: int) -> tf.data.Dataset:
     """Endless shuffled (seeded, reshuffled every pass) per-replica batches of this input pipeline's shard."""
     batches = data_accessor.tf_dataset_factory(
         file_pattern,
         tfxio.TensorFlowDatasetOptions(
-            batch_size=hparams.batch_size_per_replica,  # per replica: the global batch scales with replicas
+            batch_size=batch_per_replica,  # per replica: the global batch scales with replicas
             label_key=constants.transformed_name(constants.LABEL_KEY),
             shuffle=True, shuffle_seed=hparams.seed, num_epochs=None),
         tf_transform_output.transformed_metadata.schema)
     return batches.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+
+def early_stopping_data(data_accessor: tfx.components.DataAccessor, file_pattern: List[str],
+                        tf_transform_output: tft.TFTransformOutput, hparams: Hyperparameters, global_batch: int
+                        ) -> Optional[Tuple[tf.data.Dataset, int]]:
+    """(batches, count) of the first max_eval_examples eval examples, cached so every round's loss is on the
+    same examples; None (no early stopping) below early_stopping_min_eval_examples. Sharded by data: a small
+    eval split may be a single file."""
+    num_examples = count_examples(file_pattern, limit=hparams.max_eval_examples) if file_pattern else 0
+    if num_examples < hparams.early_stopping_min_eval_examples:
+        return None
+    batches = data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(
+            batch_size=global_batch, label_key=constants.transformed_name(constants.LABEL_KEY),
+            shuffle=False, num_epochs=1),
+        tf_transform_output.transformed_metadata.schema)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.unbatch().take(num_examples).batch(global_batch).cache().with_options(options), num_examples
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
