@@ -21,6 +21,10 @@ setup(
         "grpcio-health-checking==1.48.2",
         "grpcio-reflection==1.48.2",
         "prometheus-client",
+        # REST: aiohttp's asyncio HTTP server (C llhttp parser, maintained) and orjson (JSON in C, writes numpy
+        # arrays directly): 3-4x less CPU per REST request than http.server and json.
+        "aiohttp==3.14.5",
+        "orjson==3.13.0",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "kubernetes-validate"]},
     entry_points={"console_scripts": ["iris-tfx=pipeline.cli:main"]},

@@ -136,6 +136,27 @@ def json_to_ndarray(value: Any, dtype: int) -> np.ndarray:
         raise invalid(f"JSON value out of range for {dtype_name(dtype)}: {e}") from None
 
 
+# JSON scalar types accepted without conversion by each dtype family (bool is not a number here, as in TF Serving).
+_FLOATS = (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
+_SCALAR_TYPES = {types_pb2.DT_STRING: frozenset({str}), types_pb2.DT_BOOL: frozenset({bool}),
+                 **{d: frozenset({float, int}) for d in _FLOATS}}
+_INT_TYPES = frozenset({int})
+
+
+def json_column(values: List[Any], dtype: int) -> Optional[np.ndarray]:
+    """One input's scalar values across rows as one array (a single np.asarray: the row format's common case),
+    or None when any value is not a plain scalar of the dtype's JSON type, for json_to_ndarray to explain."""
+    allowed = _SCALAR_TYPES.get(dtype, _INT_TYPES)
+    if not all(type(v) in allowed for v in values):
+        return None
+    if dtype == types_pb2.DT_STRING:
+        return np.array([v.encode("utf-8") for v in values], dtype=object)
+    try:
+        return np.asarray(values, dtype=tf.as_dtype(dtype).as_numpy_dtype)
+    except (OverflowError, ValueError, TypeError):
+        return None
+
+
 def _leaf_to_json(value: Any, b64: bool) -> Any:
     if isinstance(value, bytes):
         if b64:
@@ -144,17 +165,42 @@ def _leaf_to_json(value: Any, b64: bool) -> Any:
     return value
 
 
+class _Decoded(dict):
+    """bytes -> str, each distinct value decoded once: outputs repeat a few class names many times."""
+
+    def __missing__(self, key: Any) -> Any:
+        value = self[key] = _leaf_to_json(key, False)
+        return value
+
+
+def _nest(flat: List[Any], shape: Tuple[int, ...]) -> Any:
+    """Flat row-major values as nested lists of `shape`."""
+    if len(shape) <= 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_nest(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+# dtypes orjson writes itself from numpy arrays (OPT_SERIALIZE_NUMPY), without Python objects per value.
+_ORJSON_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                                 np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_))
+
+
 def ndarray_to_json(array: np.ndarray, alias: str) -> Any:
-    """Nested lists; string outputs named '*_bytes' are base64 objects, as in TF Serving."""
+    """What orjson (OPT_SERIALIZE_NUMPY) writes as TF Serving's JSON: numeric arrays as they are, strings as nested
+    lists; string outputs named '*_bytes' are base64 objects, as in TF Serving."""
     array = np.asarray(array)
+    if array.dtype in _ORJSON_DTYPES:
+        return np.ascontiguousarray(array) if array.ndim else array.item()
     if array.dtype.kind not in "OSU":
         return array.tolist()
-    b64 = alias.endswith("_bytes")
-    flat = [_leaf_to_json(v, b64) for v in array.ravel().tolist()]
-    return np.array(flat, dtype=object).reshape(array.shape).tolist() if array.ndim else flat[0]
+    values = array.ravel().tolist()
+    flat = ([_leaf_to_json(v, True) for v in values] if alias.endswith("_bytes")
+            else list(map(_Decoded().__getitem__, values)))
+    return _nest(flat, array.shape) if array.ndim else flat[0]
 
 
-def rows_to_json(outputs: Mapping[str, np.ndarray]) -> List[Any]:
+def rows_to_json(outputs: Mapping[str, np.ndarray]) -> Any:
     """Row ("instances") format: one entry per example; an object of named outputs when there are several."""
     converted = {k: ndarray_to_json(v, k) for k, v in outputs.items()}
     if len(converted) == 1:
@@ -164,7 +210,9 @@ def rows_to_json(outputs: Mapping[str, np.ndarray]) -> List[Any]:
         raise invalid("Output tensors have different batch sizes or are scalars; "
                       "use the columnar ('inputs') format for this signature")
     n = next(iter(sizes.values()))[0]
-    return [{k: v[i] for k, v in converted.items()} for i in range(n)]
+    # numeric outputs stay numpy rows: orjson writes float32 values with float32's shortest digits
+    columns = {k: list(v) if isinstance(v, np.ndarray) else v for k, v in converted.items()}
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
 
 
 def columns_to_json(outputs: Mapping[str, np.ndarray]) -> Any:
