@@ -16,6 +16,7 @@ import logging
 import os
 import selectors
 import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 # What the components' Beam DoFns import in a worker (tfx.components pulls in TFDV, TFT and TFMA).
 PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "tensorflow", "tfx.components",
@@ -32,6 +33,7 @@ PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "tensorflow", "tfx.comp
 _HEADER = struct.Struct("!Q")  # length of the JSON request that follows
 
 _socket_path: Optional[str] = None  # set while forked_workers() is active in this process
+_active: Optional[Tuple[subprocess.Popen, str]] = None  # the zygote and its temp folder, while active
 _handler_registered = False
 
 
@@ -57,7 +59,7 @@ def uses_subprocess_workers(beam_args: List[str]) -> bool:
 @contextlib.contextmanager
 def forked_workers(beam_args: List[str]) -> Iterator[None]:
     """While active, the DirectRunner's subprocess workers in this process are forked from a pre-imported zygote."""
-    global _socket_path
+    global _socket_path, _active
     if not uses_subprocess_workers(beam_args) or _socket_path is not None:
         yield
         return
@@ -66,21 +68,34 @@ def forked_workers(beam_args: List[str]) -> Iterator[None]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(path)  # here, so relays can connect (and wait) from now on
         listener.listen(64)
-        # stdin is a pipe the zygote watches: it exits when this process closes it or dies.
+        # stdin is a pipe the zygote watches: it exits when this process closes it or dies. Its own session
+        # (process group, shared by the workers it forks): a terminal's Ctrl-C reaches only this process, which
+        # stops them all with stop_workers().
         zygote = subprocess.Popen([sys.executable, "-m", __name__, "serve", str(listener.fileno())],
-                                  stdin=subprocess.PIPE, pass_fds=[listener.fileno()])
+                                  stdin=subprocess.PIPE, pass_fds=[listener.fileno()], start_new_session=True)
+    _active = (zygote, folder)
     _register_handler()  # after starting the zygote: this imports Beam
     _socket_path = path
     try:
         yield
     finally:
         _socket_path = None
-        zygote.terminate()  # workers it forked are processes of their own and finish their jobs
+        zygote.terminate()  # no Beam job of ours runs any more: the zygote, then any worker left, stop
         zygote.wait()
         zygote.stdin.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-            os.rmdir(folder)
+        stop_workers()
+
+
+def stop_workers() -> None:
+    """Kills the zygote and every worker it forked, and removes its temp folder; safe from any thread, twice."""
+    global _active
+    active, _active = _active, None
+    if active is None:
+        return
+    zygote, folder = active
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(zygote.pid, signal.SIGKILL)  # the zygote's session: it and all its forked workers
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _register_handler() -> None:

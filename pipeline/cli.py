@@ -1,21 +1,40 @@
-"""The iris-tfx command: run the pipeline, propose a schema, serve and query models."""
+"""The iris-tfx command: run the pipeline, propose a schema, serve and query models.
+
+Exit codes of `iris-tfx run`:
+  0    a model was pushed (by this run or, with unchanged inputs, by an earlier one)
+  1    the run failed (bad input, unwritable directory, a component error): nothing was pushed
+  2    bad command line (e.g. --epochs 0): nothing was started
+  3    the run completed but the Evaluator did not bless the model: nothing was pushed
+  4    another iris-tfx run is using the same --workdir (one run per workdir at a time): nothing was started
+  130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: Beam workers stopped, temp files removed, and one line
+       says what was pushed (only a Pusher that finished before the signal pushes anything)
+"""
 import argparse
 import contextlib
 import dataclasses
 import datetime
+import fcntl
 import logging
+import math
 import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 import warnings
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Set
 
 from components.hyperparameters import Hyperparameters
+from pipeline import beam_workers
 from pipeline.beam_workers import forked_workers
-from pipeline.config import DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, PipelineConfig, default_beam_args
+from pipeline.config import (DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, PipelineConfig, default_beam_args,
+                             default_serving_dir)
 
 EXIT_FAILED = 1       # a component failed (bad input, bad config, ...): nothing was pushed
 EXIT_NOT_BLESSED = 3  # the run completed but the model did not pass evaluation: nothing was pushed
+EXIT_BUSY = 4         # another run holds the workdir's lock: this one did nothing
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -37,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iris-tfx", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the pipeline end to end (CSV -> pushed model)")
+    run = commands.add_parser("run", help="run the pipeline end to end (CSV -> pushed model)",
+                              epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--data", default=DEFAULT_DATA, help="CSV with the Iris columns (default: %(default)s)")
     run.add_argument("--workdir", default=DEFAULT_WORKDIR,
                      help="pipeline root, ML Metadata and logs (default: %(default)s)")
@@ -49,10 +69,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="Beam pipeline arg for the components' Beam jobs, repeatable, e.g. "
                           "--beam-arg=--runner=FlinkRunner (default: DirectRunner, multi-processing, "
                           "one worker per core)")
-    run.add_argument("--accuracy-floor", type=float, default=PipelineConfig.accuracy_floor)
-    run.add_argument("--epochs", type=int, default=Hyperparameters.epochs)
-    run.add_argument("--cpu-replicas", type=int, default=0,
-                     help="train with MirroredStrategy over N logical CPU devices")
+    run.add_argument("--accuracy-floor", type=_fraction, default=PipelineConfig.accuracy_floor,
+                     help="overall eval accuracy the model needs to be blessed, in [0, 1] (default: %(default)s)")
+    run.add_argument("--epochs", type=_integer_at_least(1), default=Hyperparameters.epochs,
+                     help="training epochs, >= 1 (default: %(default)s)")
+    run.add_argument("--cpu-replicas", type=_integer_at_least(0), default=0,
+                     help="train with MirroredStrategy over N logical CPU devices (0 or 1: no MirroredStrategy)")
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
     run.add_argument("--verbose", action="store_true", help="show all logs instead of writing them to a file")
     run.set_defaults(handler=_run)
@@ -78,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="the curated schema as the pods see it (default: the copy in the image)")
     compile_.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
                           help="Beam pipeline arg for the components' Beam jobs, repeatable")
-    compile_.add_argument("--accuracy-floor", type=float, default=PipelineConfig.accuracy_floor)
+    compile_.add_argument("--accuracy-floor", type=_fraction, default=PipelineConfig.accuracy_floor,
+                          help="overall eval accuracy the model needs to be pushed, in [0, 1] (default: %(default)s)")
     compile_.add_argument("--output", default="pipeline.yaml")
     compile_.set_defaults(handler=_kubeflow_compile)
     submit = kubeflow_commands.add_parser("submit", help="upload and start a run with kfp.Client")
@@ -96,17 +119,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum, else argparse's own error (exit 2) naming the valid range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum} (got {text})")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a finite number in [0, 1] (an accuracy), else argparse's own error (exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] (got {text})")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     error = _check_inputs(args)
     if error:
         print(f"iris-tfx: error: {error}\nNo model was pushed.", file=sys.stderr)
         return EXIT_FAILED
+    progress = _ProgressHandler()
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_workdir_lock(args.workdir))
+        except _WorkdirBusy as busy:
+            print(f"iris-tfx: error: {busy}\nNothing was started.", file=sys.stderr)
+            return EXIT_BUSY
+        temp_dir = held.enter_context(_private_temp_dir())
+        held.enter_context(_stopped_on_signals(
+            progress, args.serving_dir or default_serving_dir(args.workdir), temp_dir))
+        return _run_locked(args, progress)
+
+
+def _run_locked(args: argparse.Namespace, progress: "_ProgressHandler") -> int:
+    """The run itself, while this process holds the workdir's lock."""
     log_path = os.path.join(args.workdir, "logs", datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S.log"))
     print(f"Running the pipeline on {args.data} with the {args.runner} runner"
-          + ("" if args.verbose else f" (logs: {log_path})"))
+          + ("" if args.verbose else f" (logs: {log_path})"), flush=True)
     started = time.monotonic()
     with contextlib.nullcontext() if args.verbose else _logs_to(log_path):
-        summary, failure = _run_pipeline(args)
+        summary, failure = _run_pipeline(args, progress)
     print()
     print(summary.format() if summary else "No run recorded.")
     print(f"Total wall time: {time.monotonic() - started:.1f}s")
@@ -126,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_pipeline(args: argparse.Namespace):
+def _run_pipeline(args: argparse.Namespace, progress: "_ProgressHandler"):
     """Runs the pipeline with the chosen runner; returns its summary and the exception if it failed."""
     config = PipelineConfig(
         data_path=args.data, schema_path=args.schema, workdir=args.workdir, serving_dir=args.serving_dir,
@@ -135,9 +197,9 @@ def _run_pipeline(args: argparse.Namespace):
         beam_pipeline_args=_beam_args(args))
     _console(f"  pipeline root {config.pipeline_root}, models pushed to {config.push_dir}")
     failure = None
-    started_ms = int(time.time() * 1000)
+    started_ms = int(time.time() * 1000)  # after taking the workdir's lock: no other run's records are newer
     # Started before TensorFlow is imported here, so the Beam workers' imports happen meanwhile.
-    with forked_workers(config.beam_pipeline_args), _progress():
+    with forked_workers(config.beam_pipeline_args), _progress(progress):
         from pipeline import runners  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
         try:
             if args.cpu_replicas > 1:
@@ -168,7 +230,63 @@ def _check_inputs(args: argparse.Namespace) -> Optional[str]:
             return f"{flag} {path}: no such file"
     if "://" not in args.data and os.path.getsize(args.data) == 0:
         return f"--data {args.data}: the file is empty (expected a header row and data rows)"
+    for flag, path in (("--workdir", args.workdir), ("--serving-dir", args.serving_dir)):
+        error = _unwritable(path) if path else None
+        if error:
+            return f"{flag} {path}: {error}"
+    if not args.serving_dir:  # the default, under the workdir
+        error = _unwritable(default_serving_dir(args.workdir))
+        if error:
+            return f"the serving dir {default_serving_dir(args.workdir)} (default; see --serving-dir): {error}"
     return None
+
+
+def _unwritable(path: str) -> Optional[str]:
+    """Why this directory (created later if missing) cannot be written, by creating a probe file in it or its
+    nearest existing parent; None if it can, or if it is a remote URI (left to its filesystem)."""
+    if "://" in path:
+        return None
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is not a directory"
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".iris-tfx-probe-", dir=existing)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as err:
+        return f"cannot write in {existing} ({err.strerror})"
+    return None
+
+
+class _WorkdirBusy(Exception):
+    """Another process holds the workdir's lock."""
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str) -> Iterator[None]:
+    """One run per workdir: an exclusive flock on <workdir>/iris-tfx.lock for the whole run. The kernel
+    releases it when this process ends, however it ends, so a lock is never stale."""
+    os.makedirs(workdir, exist_ok=True)
+    path = PipelineConfig(workdir=workdir).lock_path
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 256, 0).decode(errors="replace").strip() or "starting up"
+            raise _WorkdirBusy(f"--workdir {workdir}: another iris-tfx run is using it ({holder}); "
+                               "wait for it to finish or use another --workdir") from None
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()}, started {now}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(descriptor, 0)  # whoever takes the lock next writes its own pid
+    finally:
+        os.close(descriptor)
 
 
 class _ProgressHandler(logging.Handler):
@@ -179,6 +297,11 @@ class _ProgressHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self._started = {}
+        self.finished: List[str] = []  # in order: what an interrupted run reports
+
+    @property
+    def running(self) -> List[str]:
+        return [node for node in list(self._started) if node not in self.finished]  # list(): another thread adds
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg in self._START:
@@ -186,19 +309,110 @@ class _ProgressHandler(logging.Handler):
             _console(f"  > {record.args[0]} running...")
         elif record.msg in self._END:
             seconds = time.monotonic() - self._started.get(record.args[0], time.monotonic())
+            self.finished.append(record.args[0])
             _console(f"    {record.args[0]} done in {seconds:.1f}s")
 
 
 @contextlib.contextmanager
-def _progress() -> Iterator[None]:
+def _progress(handler: _ProgressHandler) -> Iterator[None]:
     from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
     absl_logging.set_verbosity(absl_logging.INFO)
-    handler = _ProgressHandler()
     logging.getLogger("absl").addHandler(handler)
     try:
         yield
     finally:
         logging.getLogger("absl").removeHandler(handler)
+
+
+def _versions(serving_dir: str) -> Set[str]:
+    """The model versions (integer-named directories) in a local serving dir."""
+    if "://" in serving_dir or not os.path.isdir(serving_dir):
+        return set()
+    return {name for name in os.listdir(serving_dir) if name.isdigit()}
+
+
+@contextlib.contextmanager
+def _private_temp_dir() -> Iterator[str]:
+    """A temp folder (TMPDIR) for all this run and its child processes create (Beam, TensorFlow, the Beam worker
+    zygote), removed at the end: a run leaves no temp files behind, interrupted or not."""
+    path = tempfile.mkdtemp(prefix="iris-tfx-run-")
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = path
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stopped_on_signals(progress: _ProgressHandler, serving_dir: str, temp_dir: str) -> Iterator[None]:
+    """While active, SIGINT/SIGTERM stop the run: Beam workers and child processes killed, temp_dir removed,
+    one line on what was pushed, exit 128 + signal (130, 143). A thread does it, woken through the signal
+    wakeup fd, because the main thread may be inside TensorFlow or Beam code that would delay a Python handler."""
+    before = _versions(serving_dir)
+    console = os.dup(2)  # the terminal, even while stderr goes to the log file
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+
+    def stop() -> None:
+        signum = 0
+        while signum not in (signal.SIGINT, signal.SIGTERM):  # the wakeup fd gets every handled signal
+            received = os.read(wake_read, 1)
+            if not received:
+                return  # the run ended normally
+            signum = received[0]
+        try:
+            os.write(console, (_stop_run(signum, progress, serving_dir, before, temp_dir) + "\n").encode())
+        finally:
+            os._exit(128 + signum)  # pylint: disable=protected-access  (no unwinding through Beam's threads)
+
+    watcher = threading.Thread(target=stop, name="iris-tfx-signals", daemon=True)
+    watcher.start()
+    handlers = {signum: signal.signal(signum, lambda *_: None) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_wakeup)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        os.close(wake_write)  # the watcher reads end-of-file and returns
+        watcher.join()
+        for descriptor in (wake_read, console):
+            os.close(descriptor)
+
+
+def _stop_run(signum: int, progress: _ProgressHandler, serving_dir: str, before: Set[str], temp_dir: str) -> str:
+    """Stops what the run started and removes its temp folder; returns the line saying what was pushed."""
+    beam_workers.stop_workers()
+    import psutil  # pylint: disable=g-import-not-at-top
+    for child in psutil.Process().children(recursive=True):  # Beam's worker relays, anything else started
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    line = f"iris-tfx: interrupted by {signal.Signals(signum).name} {_interrupted_at(progress)}: "
+    new = sorted(_versions(serving_dir) - before)
+    if new and "Pusher" in progress.finished:
+        return line + "pushed " + ", ".join(os.path.join(serving_dir, version) for version in new) + "."
+    if new:  # the Pusher was copying: a half-written version must never be served
+        for version in new:
+            shutil.rmtree(os.path.join(serving_dir, version), ignore_errors=True)
+        return line + f"nothing was pushed (removed the incomplete version {', '.join(new)})."
+    return line + "nothing was pushed."
+
+
+def _interrupted_at(progress: _ProgressHandler) -> str:
+    """Where the run was when interrupted, for the one-line report."""
+    if progress.running:
+        return "during " + ", ".join(progress.running)
+    if progress.finished:
+        return "after " + progress.finished[-1]
+    return "before any component ran"
 
 
 @contextlib.contextmanager

@@ -51,5 +51,10 @@ class PipelineConfig:
         return os.path.join(self.workdir, "metadata.sqlite")
 
     @property
+    def lock_path(self) -> str:
+        """Held (flock) by the one `iris-tfx run` using this workdir."""
+        return os.path.join(self.workdir, "iris-tfx.lock")
+
+    @property
     def push_dir(self) -> str:
         return self.serving_dir or default_serving_dir(self.workdir, self.model_name)

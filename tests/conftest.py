@@ -17,10 +17,14 @@ IRIS_CSV = REPO / "data" / "iris.csv"
 FAST_BEAM = ["--beam-arg=--direct_running_mode=in_memory"]
 
 
+def iris_tfx_command() -> str:
+    """The installed console command."""
+    return shutil.which("iris-tfx") or os.path.join(os.path.dirname(sys.executable), "iris-tfx")
+
+
 def iris_tfx(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs the installed console command in the repo, as a user would."""
-    return subprocess.run([shutil.which("iris-tfx") or os.path.join(os.path.dirname(sys.executable), "iris-tfx"),
-                           *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([iris_tfx_command(), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 class PipelineRun:
