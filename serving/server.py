@@ -4,7 +4,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from concurrent import futures
 from typing import List, Optional
 
@@ -27,13 +26,18 @@ from serving.rest import RestApi, RestServer  # noqa: E402
 from serving.servable import session_config  # noqa: E402
 
 log = logging.getLogger("serving")
+REST_BACKLOG = 1024  # pending REST connections the kernel queues (asyncio's default of 100 makes bursts wait)
+# On SIGTERM, gRPC core cancels (CANCELLED) the calls it has received but grpc.aio has not yet asked for (it asks
+# for one at a time, from the event loop, which is busy with inline requests under load); this long the loop keeps
+# picking them up before the shutdown starts, so every call received before the signal completes.
+GRPC_SETTLE_SECONDS = 0.25
 SERVICES = (prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
             model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name)
 
 
 class ModelServer:
-    """A grpc.aio server and the REST server over one ModelManager: `await start()`, then `await wait()` until
-    `await stop()` (SIGTERM); the model manager's polling and the REST server run in their own threads."""
+    """A grpc.aio server and the REST server over one ModelManager, both on the running event loop: `await start()`,
+    then `await wait()` until `await stop()` (SIGTERM); the model manager's polling runs in its own threads."""
 
     def __init__(self, args):
         self.args = args
@@ -41,7 +45,8 @@ class ModelServer:
         batching = config.read_batching_parameters(args.batching_parameters_file) if args.enable_batching else None
         self.manager = ModelManager(session_config(args.tensorflow_intra_op_parallelism,
                                                    args.tensorflow_inter_op_parallelism),
-                                    batching, self.metrics, args.allow_version_labels_for_unavailable_models)
+                                    batching, self.metrics, args.allow_version_labels_for_unavailable_models,
+                                    args.model_base_path_roots)
         self.monitoring = config.read_monitoring_config(args.monitoring_config_file)
         # Handlers that are slow or block (large requests, batch queues, model loads) run here, the others on
         # the event loop.
@@ -68,9 +73,10 @@ class ModelServer:
                    ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=defaults.MAX_CONCURRENT_RPCS)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.manager, self.metrics, self.pool, args.enable_batching), server)
+            PredictionService(self.manager, self.metrics, self.pool, args.enable_batching,
+                              args.max_request_elements, args.max_request_bytes), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(self.manager, self.metrics, self.pool), server)
+            ModelService(self.manager, self.metrics, self.pool, args.enable_model_management), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
@@ -84,25 +90,28 @@ class ModelServer:
         log.info("Running gRPC ModelServer at %s:%d ...", args.host, self.grpc_port)
         if args.rest_api_port:
             prometheus = self.monitoring.prometheus_config
-            self.rest_server = RestServer((args.host, args.rest_api_port), RestApi(self.manager, self.metrics),
-                                          self.metrics,
+            timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else 3600.0
+            self.rest_server = RestServer(RestApi(self.manager, self.metrics), self.metrics,
                                           (prometheus.path or defaults.PROMETHEUS_PATH) if prometheus.enable else None,
-                                          args.max_request_bytes, args.rest_api_num_threads,
-                                          args.rest_api_timeout_in_ms / 1000 or None)
-            self.rest_port = self.rest_server.server_address[1]
-            threading.Thread(target=self.rest_server.serve_forever, name="rest", daemon=True).start()
+                                          args.max_request_bytes, timeout, self.pool,
+                                          -1 if args.enable_batching else defaults.INLINE_MAX_REQUEST_BYTES)
+            self.rest_port = await self.rest_server.start(args.host, args.rest_api_port, REST_BACKLOG)
             log.info("Exporting HTTP/REST API at:%s:%d ...", args.host, self.rest_port)
 
     async def stop(self) -> None:
-        """Graceful: refuse new requests, let in-flight ones finish (up to --drain_seconds), then stop."""
+        """Graceful: refuse new REST connections at once and new gRPC ones after GRPC_SETTLE_SECONDS, let every
+        request received before the signal finish (up to --drain_seconds), then stop."""
         if self._stopping:
             return  # a second signal while draining changes nothing
         self._stopping = True
         log.info("Shutting down: draining in-flight requests")
+        if self.rest_server:
+            self.rest_server.stop_listening()
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
-        rest = loop.run_in_executor(None, self.rest_server.drain, self.args.drain_seconds) if self.rest_server else None
+        rest = loop.create_task(self.rest_server.drain(self.args.drain_seconds)) if self.rest_server else None
         if self.grpc_server:
+            await asyncio.sleep(GRPC_SETTLE_SECONDS)
             await self.grpc_server.stop(self.args.drain_seconds)
         if rest is not None:
             await rest
