@@ -37,7 +37,10 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
 
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN)
+        preprocessing_fn=PREPROCESSING_FN,
+        # Nothing reads Transform's own pre/post-transform statistics (three more TFDV passes over the data,
+        # StatisticsGen and the gate already check the input), nor its analyzer cache (cached runs skip Transform).
+        disable_statistics=True, disable_analyzer_cache=True)
     transform.add_upstream_node(gate)  # nothing is transformed, trained or pushed from anomalous data
 
     trainer = tfx.components.Trainer(
