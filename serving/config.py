@@ -1,6 +1,6 @@
 """Command-line flags (tensorflow_model_server's names) and TF Serving's text-format config files."""
 import argparse
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -95,6 +95,18 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _roots(value: str) -> Tuple[str, ...]:
+    """--model_base_path_roots: non-empty entries of a comma-separated list."""
+    return tuple(root.strip() for root in value.split(",") if root.strip())
+
+
 def parse_flags(argv: List[str]) -> argparse.Namespace:
     """Parse tensorflow_model_server's flags (`--flag=value` or `--flag value`)."""
     cores = defaults.cpu_count()
@@ -129,6 +141,14 @@ def parse_flags(argv: List[str]) -> argparse.Namespace:
                    help="refuse gRPC messages and REST bodies larger than this (extension)")
     p.add_argument("--drain_seconds", type=float, default=defaults.DRAIN_SECONDS,
                    help="on SIGTERM, wait this long for in-flight requests (extension)")
+    p.add_argument("--max_request_elements", type=_positive, default=defaults.MAX_REQUEST_ELEMENTS,
+                   help="refuse inference requests declaring more tensor elements plus examples than this, "
+                        "before decoding them (extension)")
+    p.add_argument("--enable_model_management", type=_bool, nargs="?", const=True, default=True,
+                   help="false: HandleReloadConfigRequest answers UNIMPLEMENTED (extension)")
+    p.add_argument("--model_base_path_roots", type=_roots, default=(),
+                   help="comma-separated directories: every model base path must resolve (symlinks and '..' "
+                        "followed) under one of them; empty: any path (extension)")
     args = p.parse_args(argv)
     if args.model_config_file_poll_wait_seconds and not args.model_config_file:
         p.error("--model_config_file_poll_wait_seconds needs --model_config_file")

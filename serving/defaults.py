@@ -11,6 +11,13 @@ HOST = "0.0.0.0"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 GRPC_THREADS_PER_CORE = 8        # threads for slow gRPC requests (batch queues wait, Session.run releases the GIL)
 INLINE_MAX_REQUEST_BYTES = 64 << 10  # smaller gRPC inference requests run on the event loop (no thread hop)
+# ... if they also declare at most this many tensor elements / examples: 256 examples of four raw features, the
+# size the serving benchmark sends; the bytes alone say nothing (TF's repeat-the-last-value shorthand).
+INLINE_MAX_REQUEST_ELEMENTS = 1024
+# Requests declaring more tensor elements (plus examples) are refused before any decoding. 500,000 lets a
+# 100,000-example request through in either form (serialized tf.Examples: 100k; four raw float inputs: 400k)
+# while the 4M-element shorthand request that cost +781 MB of RSS is refused.
+MAX_REQUEST_ELEMENTS = 500_000
 REST_THREADS_PER_CORE = 4        # TF Serving's --rest_api_num_threads default is 4 x cores
 MAX_REQUEST_BYTES = 64 << 20     # largest gRPC message / REST body accepted
 DRAIN_SECONDS = 30.0             # SIGTERM grace period for in-flight requests

@@ -2,6 +2,7 @@
 grpc.aio server: cheap handlers run on the event loop, slow or blocking ones (large requests, batching queues,
 model loads) in a thread pool."""
 import asyncio
+import functools
 import logging
 from concurrent.futures import Executor
 from typing import Callable, Optional
@@ -45,19 +46,32 @@ def call(manager: ModelManager, metrics: Metrics, api: str, entrypoint: str, req
             raise ServingError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}") from None
 
 
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Runs a request on the event loop when it is small (no thread hop: the Session run of a few examples takes
-    well under a millisecond), else in `pool`, where it does not hold up the other requests; with `batching`,
-    every request waits for its batch in the pool."""
+def _raise(error: ServingError) -> None:
+    raise error
 
-    def __init__(self, manager: ModelManager, metrics: Metrics, pool: Executor, batching: bool = False):
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Refuses a request declaring more than the limits before decoding it; runs it on the event loop when it is
+    small in declared elements and in bytes (no thread hop: the Session run of a few examples takes well under a
+    millisecond), else in `pool`, where it does not hold up the other requests; with `batching`, every request
+    waits for its batch in the pool."""
+
+    def __init__(self, manager: ModelManager, metrics: Metrics, pool: Executor, batching: bool = False,
+                 max_request_elements: int = defaults.MAX_REQUEST_ELEMENTS,
+                 max_request_bytes: int = defaults.MAX_REQUEST_BYTES):
         self.manager, self.metrics, self.pool = manager, metrics, pool
+        self.max_elements, self.max_bytes = max_request_elements, max_request_bytes
         self.inline_max_bytes = -1 if batching else defaults.INLINE_MAX_REQUEST_BYTES
+        self.inline_max_elements = -1 if batching else defaults.INLINE_MAX_REQUEST_ELEMENTS
 
     async def _run(self, api: str, request, context, fn, spec=None):
         args = (self.manager, self.metrics, api, "grpc", request, fn, spec)
         try:
-            if request.ByteSize() <= self.inline_max_bytes:
+            try:
+                elements, expanded = inference.check_request(request, self.max_elements, self.max_bytes)
+            except ServingError as e:  # refused through call(), so it is counted like any other error
+                return call(*args, prepare=functools.partial(_raise, e))
+            if elements <= self.inline_max_elements and request.ByteSize() + expanded <= self.inline_max_bytes:
                 return call(*args)
             return await asyncio.get_running_loop().run_in_executor(self.pool, call, *args)
         except ServingError as e:
@@ -88,8 +102,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager, metrics: Metrics, pool: Executor):
+    """Model status, and config reloads unless model management is disabled (--enable_model_management=false)."""
+
+    def __init__(self, manager: ModelManager, metrics: Metrics, pool: Executor, enable_management: bool = True):
         self.manager, self.metrics, self.pool = manager, metrics, pool
+        self.enable_management = enable_management
 
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
         if not request.HasField("model_spec"):
@@ -100,6 +117,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             await context.abort(e.code, e.message)
 
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
+        if not self.enable_management:  # UNIMPLEMENTED: "not supported/enabled in this service" (gRPC's codes)
+            log.warning("Refused HandleReloadConfigRequest from %s: model management is disabled", context.peer())
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "Model management is disabled on this server (--enable_model_management=false)")
         if request.config.WhichOneof("config") != "model_config_list":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ServerConfig is not of type ModelConfigList")
         log.info("Reloading model config: %s", [c.name for c in request.config.model_config_list.config])

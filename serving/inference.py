@@ -1,10 +1,12 @@
 """Predict, Classify, Regress, MultiInference and metadata on a loaded Servable, following TF Serving's
 predict_util.cc, classifier.cc, regressor.cc, multi_inference.cc and get_model_metadata_impl.cc."""
+import math
 from typing import Dict, List, Mapping, Tuple
 
 import grpc
 import numpy as np
 from tensorflow.core.example import example_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2, input_pb2,
                                      model_pb2, predict_pb2, regression_pb2)
@@ -19,6 +21,57 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 CLASSIFY_INPUTS, CLASSIFY_CLASSES, CLASSIFY_SCORES = "inputs", "classes", "scores"
 REGRESS_INPUTS, REGRESS_OUTPUTS = "inputs", "outputs"
+
+
+# --- request cost, from what a request declares (its bytes say little: TF's repeat-the-last-value shorthand) ---
+
+def tensor_cost(proto: tensor_pb2.TensorProto, alias: str) -> Tuple[int, int]:
+    """(elements, bytes added by decoding) of a TensorProto, from its shape alone: a 4-byte float_val can declare
+    [1000000]; a string repeated by the shorthand is copied once per element."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+        raise invalid(f"tensor parsing error: {alias}")
+    elements = math.prod(dims)
+    if proto.dtype == types_pb2.DT_STRING and 0 < len(proto.string_val) < elements:
+        return elements, (elements - len(proto.string_val)) * len(proto.string_val[-1])
+    return elements, 0
+
+
+def input_cost(inp: input_pb2.Input) -> Tuple[int, int]:
+    """(examples, bytes added by decoding) of an Input: the context is merged into a copy of every example."""
+    if inp.WhichOneof("kind") == "example_list_with_context":
+        n = len(inp.example_list_with_context.examples)
+        return n, n * inp.example_list_with_context.context.ByteSize()
+    return len(inp.example_list.examples), 0
+
+
+def request_cost(request) -> Tuple[int, int]:
+    """(tensor elements plus examples, bytes added by decoding) an inference request declares; nothing decoded."""
+    if isinstance(request, predict_pb2.PredictRequest):
+        costs = [tensor_cost(proto, alias) for alias, proto in request.inputs.items()]
+        return sum(e for e, _ in costs), sum(b for _, b in costs)
+    if isinstance(request, (classification_pb2.ClassificationRequest, regression_pb2.RegressionRequest,
+                            inference_pb2.MultiInferenceRequest)):
+        return input_cost(request.input)
+    return 0, 0
+
+
+def check_cost(elements: int, expanded_bytes: int, max_elements: int, max_bytes: int) -> None:
+    """Refuse (INVALID_ARGUMENT: retrying cannot help) a request whose declared size is over a limit."""
+    if elements > max_elements:
+        raise invalid(f"Request declares {elements} tensor elements and examples, more than the limit of "
+                      f"{max_elements} (--max_request_elements)")
+    if expanded_bytes > max_bytes:
+        raise invalid(f"Request expands by {expanded_bytes} bytes when decoded (repeated strings or example "
+                      f"context), more than the limit of {max_bytes} (--max_request_bytes)")
+
+
+def check_request(request, max_elements: int, max_bytes: int) -> Tuple[int, int]:
+    """check_cost on request_cost(request), before any decoding; returns the cost. For REST classify/regress
+    too (JSON has no shorthand but has example context)."""
+    elements, expanded = request_cost(request)
+    check_cost(elements, expanded, max_elements, max_bytes)
+    return elements, expanded
 
 
 def fill_model_spec(spec: model_pb2.ModelSpec, servable: Servable, signature_name: str) -> None:

@@ -2,9 +2,10 @@
 of a new version before the old one is unloaded, failed versions never replacing working ones."""
 import logging
 import os
+import posixpath
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import grpc
 import tensorflow as tf
@@ -80,6 +81,26 @@ def aspired(config: model_server_config_pb2.ModelConfig, candidates: List[int]) 
     return sorted(candidates)[-n:]
 
 
+def _resolved(path: str) -> str:
+    """A path with symlinks and '..' resolved: realpath locally, normalised for URLs (gs://, s3://: no symlinks)."""
+    scheme, sep, rest = path.partition("://")
+    if sep:
+        return scheme + sep + posixpath.normpath("/" + rest).lstrip("/")
+    return os.path.realpath(path)
+
+
+def outside_roots(path: str, roots: Sequence[str]) -> Optional[str]:
+    """None when `path` resolves under one of `roots` (or there are none), else where it resolves to."""
+    if not roots:
+        return None
+    real = _resolved(path)
+    for root in roots:
+        top = _resolved(root)
+        if real == top or real.startswith(top.rstrip("/") + "/"):
+            return None
+    return real
+
+
 def _spec_string(name: str, version: Optional[int]) -> str:
     return f"Specific({name}, {version})" if version is not None else f"Latest({name})"
 
@@ -88,8 +109,9 @@ class ModelManager:
     """Holds every configured model's versions; all public methods are thread-safe."""
 
     def __init__(self, session_config, batching_parameters=None, metrics=None,
-                 allow_version_labels_for_unavailable_models: bool = False):
+                 allow_version_labels_for_unavailable_models: bool = False, base_path_roots: Sequence[str] = ()):
         self._session_config = session_config
+        self._roots = tuple(base_path_roots)
         self._batching = batching_parameters
         self._metrics = metrics
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
@@ -99,6 +121,7 @@ class ModelManager:
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
         self._incomplete: Set[Tuple[str, int]] = set()
+        self._outside: Set[Tuple[str, int]] = set()  # versions symlinked out of the roots, logged once
 
     # --- configuration -------------------------------------------------------------------------------
     def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
@@ -112,6 +135,11 @@ class ModelManager:
                 raise invalid(f"Illegal to list model {c.name} multiple times in config list")
             if c.model_platform not in ("", "tensorflow"):
                 raise invalid(f"Model {c.name} requested unsupported platform {c.model_platform}")
+            real = outside_roots(c.base_path, self._roots)
+            if real is not None:
+                raise ServingError(grpc.StatusCode.PERMISSION_DENIED,
+                                   f"Model {c.name}: base_path {c.base_path} resolves to {real}, outside "
+                                   f"--model_base_path_roots={','.join(self._roots)}")
         with self._poll_lock:
             with self._lock:
                 # Models no longer listed, or moved to another base path, have all their versions unloaded.
@@ -122,11 +150,15 @@ class ModelManager:
                         self._models[c.name].config = c
                     else:
                         self._models[c.name] = ManagedModel(c, {}, {})
+                if self._metrics:  # removed models keep their label until their versions are unloaded
+                    self._metrics.set_models(set(names) | {m.config.name for m in removed})
             self._poll_locked()  # load new models and versions before unloading the removed ones
             for model in removed:
                 for st in list(model.versions.values()):
                     if st.state == State.AVAILABLE:
                         self._unload(model, st)
+            if self._metrics:
+                self._metrics.set_models(names)
             self._set_labels(configs)
 
     def _set_labels(self, configs) -> None:
@@ -163,7 +195,14 @@ class ModelManager:
     def _poll_model(self, model: ManagedModel) -> None:
         found = list_versions(model.config.base_path)
         for version, path in list(found.items()):
-            if not any(tf.io.gfile.exists(os.path.join(path, f)) for f in SAVED_MODEL_FILES):
+            real = outside_roots(path, self._roots)  # a version directory symlinked out of the roots
+            if real is not None:
+                if (model.config.name, version) not in self._outside:
+                    log.error("Version %d of model %s resolves to %s, outside --model_base_path_roots; not loaded",
+                              version, model.config.name, real)
+                    self._outside.add((model.config.name, version))
+                del found[version]
+            elif not any(tf.io.gfile.exists(os.path.join(path, f)) for f in SAVED_MODEL_FILES):
                 # TFX's Pusher writes saved_model.pb last: until then the version is still being copied.
                 if (model.config.name, version) not in self._incomplete:
                     log.warning("Version %d of model %s has no saved_model.pb yet; waiting for it", version,

@@ -1,19 +1,24 @@
 """Prometheus metrics (prometheus_client), exported at TF Serving's /monitoring/prometheus/metrics."""
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# model_name of requests for models the server is not configured with: one label value for all of them, so
+# clients cannot grow the metrics page with made-up names (TF Serving labels the raw name: unbounded).
+UNKNOWN_MODEL = "<unknown>"
 _LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class Metrics:
-    """Request counts by model/version/API/entrypoint/status, latency histograms, loaded versions."""
+    """Request counts by model/version/API/entrypoint/status, latency histograms, loaded versions; request metrics
+    label only configured models (set_models), the others as UNKNOWN_MODEL."""
 
     def __init__(self) -> None:
+        self._models: FrozenSet[str] = frozenset()
         self.registry = CollectorRegistry()
         self.requests = Counter(":tensorflow:serving:request_count", "Requests by model, version, API and status.",
                                 ["model_name", "model_version", "API", "entrypoint", "status"],
@@ -51,8 +56,13 @@ class Metrics:
             yield info
         finally:
             in_flight.dec()
-            self._child(self.latency, info[0], api, entrypoint).observe(time.perf_counter() - start)
-            self._child(self.requests, info[0], info[1], api, entrypoint, info[2]).inc()
+            model = info[0] if info[0] in self._models else UNKNOWN_MODEL
+            self._child(self.latency, model, api, entrypoint).observe(time.perf_counter() - start)
+            self._child(self.requests, model, info[1], api, entrypoint, info[2]).inc()
+
+    def set_models(self, names: Iterable[str]) -> None:
+        """The model names requests are labelled with (the configured ones); replaced whole, so thread-safe."""
+        self._models = frozenset(names)
 
     def set_loaded(self, model: str, version: int, loaded: bool) -> None:
         if loaded:

@@ -475,7 +475,7 @@ def test_prometheus_metrics(server, stub):
     assert status == 200
     assert ':tensorflow:serving:request_count_total{API="predict",entrypoint="grpc",model_name="iris",' \
            'model_version="2",status="OK"}' in text
-    assert 'model_name="nope",model_version="",status="NOT_FOUND"}' in text
+    assert 'model_name="<unknown>",model_version="",status="NOT_FOUND"}' in text  # unconfigured names: one label
     # malformed JSON is counted too, before any version is resolved
     assert ':tensorflow:serving:request_count_total{API="predict",entrypoint="rest",model_name="iris",' \
            'model_version="",status="INVALID_ARGUMENT"}' in text
