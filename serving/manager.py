@@ -84,9 +84,9 @@ def aspired(config: model_server_config_pb2.ModelConfig, candidates: List[int]) 
 def _resolved(path: str) -> str:
     """A path with symlinks and '..' resolved: realpath locally, normalised for URLs (gs://, s3://: no symlinks)."""
     scheme, sep, rest = path.partition("://")
-    if sep:
+    if sep and scheme != "file":
         return scheme + sep + posixpath.normpath("/" + rest).lstrip("/")
-    return os.path.realpath(path)
+    return os.path.realpath(rest if sep else path)
 
 
 def outside_roots(path: str, roots: Sequence[str]) -> Optional[str]:
