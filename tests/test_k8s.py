@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import jsonschema
 import kubernetes_validate
@@ -1014,3 +1014,53 @@ def test_scanner_reports_only_accepted_findings():
     assert all(len(reason) > 20 for reason in ACCEPTED_FINDINGS.values())
     stale = set(ACCEPTED_FINDINGS) - {(check, subject) for check, subject, _ in findings}
     assert not stale, f"accepted findings checkov no longer reports (remove them): {sorted(stale)}"
+
+
+# --- the prod overlay's model server, run for real ------------------------------------------------------
+
+def test_prod_model_server_serves_its_configmap_and_refuses_model_management(pushed_model, tmp_path):
+    """`iris-tfx serve` with the rendered prod container's flags and ConfigMap files (the mounts moved under
+    tmp_path; ports chosen by the helper): it serves models.config's model and answers UNIMPLEMENTED to
+    HandleReloadConfigRequest, even for the very config it serves."""
+    import grpc
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    import serving_helpers as h
+    from components import constants
+    from serving.client import IrisClient
+
+    objects = render_overlay("prod")
+    container = serving_container(objects)
+    mounts = {mount_of_volume(container, "config")["mountPath"]: tmp_path / "etc",
+              mount_of_volume(container, "models")["mountPath"]: tmp_path / "models"}
+
+    def moved(path: str) -> str:
+        for mount, local in mounts.items():
+            if path == mount or path.startswith(mount.rstrip("/") + "/"):
+                return str(local) + path[len(mount.rstrip("/")):]
+        return path
+
+    config = parse_models_config(one(objects, "ConfigMap", CONFIGMAP)["data"]["models.config"])
+    for model in config.model_config_list.config:
+        model.base_path = moved(model.base_path)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "models.config").write_text(text_format.MessageToString(config))
+    (tmp_path / "etc" / "batching_parameters.txt").write_text(
+        one(objects, "ConfigMap", CONFIGMAP)["data"]["batching_parameters.txt"])
+    (served,) = config.model_config_list.config
+    h.copy_version(pushed_model, pathlib.Path(served.base_path), 1)
+    args = [f"--{name}={moved(value)}" for name, value in flags(container).items()
+            if name not in ("port", "rest_api_port")]
+    assert f"--model_base_path_roots={tmp_path / 'models'}" in args and "--enable_model_management=false" in args
+
+    server = h.ServerProcess(args, tmp_path / "server.log", use_console_command=True).wait_ready()
+    try:
+        with IrisClient(server.grpc_target, model_name=served.name) as client:
+            (row,) = client.predict([[5.1, 3.5, 1.4, 0.2]])  # Fisher's first sample, in FEATURE_KEYS order
+        assert row.species == constants.CLASS_NAMES[0], row
+        request = model_management_pb2.ReloadConfigRequest(config=config)
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, refused.value
+    finally:
+        assert server.stop() == 0, server.log()
