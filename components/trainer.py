@@ -1,6 +1,7 @@
 """TFX Trainer run_fn: trains the classifier under the selected strategy and exports the serving model."""
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -98,7 +99,16 @@ def fit(strategy: tf.distribute.Strategy, dataset_fn: Callable[[tf.distribute.In
         stopper = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=hparams.early_stopping_patience,
                                                    restore_best_weights=True)
         callbacks.append(stopper)
-    history = model.fit(strategy.distribute_datasets_from_function(dataset_fn), epochs=budget.rounds,
+    def budgeted_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        """dataset_fn's batches, checked against the budget: steps x batch is the work it bounds."""
+        def check(features: Dict[str, tf.Tensor], labels: tf.Tensor) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    tf.shape(labels)[0], budget.batch_per_replica,
+                    message=f"dataset_fn must batch by the budget's {budget.batch_per_replica} per replica")]):
+                return features, tf.identity(labels)
+        return dataset_fn(input_context).map(check)
+
+    history = model.fit(strategy.distribute_datasets_from_function(budgeted_fn), epochs=budget.rounds,
                         steps_per_epoch=budget.steps_per_round, verbose=0, callbacks=callbacks,
                         validation_data=eval_data[0] if eval_data else None)
     rounds_run = len(history.epoch)
@@ -167,7 +177,11 @@ def early_stopping_data(data_accessor: tfx.components.DataAccessor, file_pattern
         tf_transform_output.transformed_metadata.schema)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return batches.unbatch().take(num_examples).batch(global_batch).cache().with_options(options), num_examples
+    # A known number of batches: Keras then re-reads the same examples every round (steps_per_execution > 1
+    # also needs it).
+    return (batches.unbatch().take(num_examples).batch(global_batch).cache()
+            .apply(tf.data.experimental.assert_cardinality(math.ceil(num_examples / global_batch)))
+            .with_options(options), num_examples)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
