@@ -21,14 +21,16 @@ log = logging.getLogger(__name__)
 
 def call(manager: ModelManager, metrics: Metrics, api: str, entrypoint: str, request,
          fn: Callable, spec=None, prepare: Optional[Callable[[], None]] = None):
-    """Run prepare() (e.g. JSON parsing), resolve the servable for spec (default: request.model_spec), run
-    fn(servable, request) and record metrics. Raises ServingError; any other exception becomes INTERNAL
-    without touching the loaded model."""
+    """Run prepare() (e.g. JSON parsing) and check the request it built against the manager's size limits,
+    resolve the servable for spec (default: request.model_spec), run fn(servable, request) and record metrics.
+    Raises ServingError; any other exception becomes INTERNAL without touching the loaded model."""
     with metrics.observe(api, entrypoint) as info:
         try:
             if prepare is not None:
                 info[0] = (spec if spec is not None else request.model_spec).name
                 prepare()
+                if request is not None:  # e.g. REST classify: examples and context parsed, not yet merged
+                    inference.check_request(request, manager.max_request_elements, manager.max_request_bytes)
             if spec is None:
                 if not request.HasField("model_spec"):
                     raise invalid("Missing ModelSpec")

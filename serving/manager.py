@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import inference
+from serving import defaults, inference
 from serving.errors import ServingError, failed_precondition, invalid, not_found
 from serving.servable import Servable
 
@@ -106,12 +106,16 @@ def _spec_string(name: str, version: Optional[int]) -> str:
 
 
 class ModelManager:
-    """Holds every configured model's versions; all public methods are thread-safe."""
+    """Holds every configured model's versions; all public methods are thread-safe. Also holds the request size
+    limits every transport and the warm-up apply (inference.check_request)."""
 
     def __init__(self, session_config, batching_parameters=None, metrics=None,
-                 allow_version_labels_for_unavailable_models: bool = False, base_path_roots: Sequence[str] = ()):
+                 allow_version_labels_for_unavailable_models: bool = False, base_path_roots: Sequence[str] = (),
+                 max_request_elements: int = defaults.MAX_REQUEST_ELEMENTS,
+                 max_request_bytes: int = defaults.MAX_REQUEST_BYTES):
         self._session_config = session_config
         self._roots = tuple(base_path_roots)
+        self.max_request_elements, self.max_request_bytes = max_request_elements, max_request_bytes
         self._batching = batching_parameters
         self._metrics = metrics
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
@@ -233,7 +237,7 @@ class ModelManager:
             on_batch = self._metrics.batch_sizes.labels(name).observe if self._metrics else None
             servable = Servable(name, version, path, self._session_config, self._batching, on_batch)
             try:
-                warmed = warm_up(servable)
+                warmed = warm_up(servable, self.max_request_elements, self.max_request_bytes)
             except BaseException:
                 servable.unload()
                 raise
@@ -345,8 +349,10 @@ class ModelManager:
                     if s.state == State.AVAILABLE]
 
 
-def warm_up(servable: Servable) -> int:
-    """Replay assets.extra/tf_serving_warmup_requests (PredictionLog TFRecords); any failure fails the load."""
+def warm_up(servable: Servable, max_elements: int = defaults.MAX_REQUEST_ELEMENTS,
+            max_bytes: int = defaults.MAX_REQUEST_BYTES) -> int:
+    """Replay assets.extra/tf_serving_warmup_requests (PredictionLog TFRecords), each within the request limits;
+    any failure fails the load."""
     path = os.path.join(servable.path, WARMUP_FILE)
     if not tf.io.gfile.exists(path):
         return 0
@@ -357,6 +363,8 @@ def warm_up(servable: Servable) -> int:
             raise invalid(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
         entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         kind = entry.WhichOneof("log_type")
+        if kind is not None:
+            inference.check_request(getattr(entry, kind).request, max_elements, max_bytes)
         if kind == "predict_log":
             inference.predict(servable, entry.predict_log.request)
         elif kind == "classify_log":

@@ -46,7 +46,7 @@ class ModelServer:
         self.manager = ModelManager(session_config(args.tensorflow_intra_op_parallelism,
                                                    args.tensorflow_inter_op_parallelism),
                                     batching, self.metrics, args.allow_version_labels_for_unavailable_models,
-                                    args.model_base_path_roots)
+                                    args.model_base_path_roots, args.max_request_elements, args.max_request_bytes)
         self.monitoring = config.read_monitoring_config(args.monitoring_config_file)
         # Handlers that are slow or block (large requests, batch queues, model loads) run here, the others on
         # the event loop.

@@ -20,7 +20,6 @@ from components import constants as c  # noqa: E402
 import serving_helpers as h  # noqa: E402
 from test_serving import SETOSA, State, http, predict_request, rpc_error, versions_state, wait_for  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
 METRICS = "/monitoring/prometheus/metrics"
 
 
@@ -132,6 +131,38 @@ def test_reload_outside_the_roots_refused(guarded):
         assert rpc_error(models.GetModelStatus, _status_request("other")).code() == grpc.StatusCode.NOT_FOUND
         models.HandleReloadConfigRequest(reload_request("iris", str(guarded.roots / "iris")), timeout=120)
     assert "Version 3 of model other resolves to" in guarded.log()
+
+
+def test_rest_example_context_expansion_refused(guarded):
+    """REST classify merges the context into every example: 1,000 empty examples and a 100 kB context would
+    decode to 100 MB from a 100 kB body."""
+    context = dict(zip(c.FEATURE_KEYS, SETOSA), padding="x" * 100_000)
+    status, body = http(f"{guarded.rest_url}/v1/models/iris:classify",
+                        {"signature_name": c.CLASSIFY_SIGNATURE, "context": context, "examples": [{}] * 1000})
+    assert status == 400 and "(--max_request_bytes)" in body["error"], body
+    status, body = http(f"{guarded.rest_url}/v1/models/iris:classify",
+                        {"signature_name": c.CLASSIFY_SIGNATURE, "context": context, "examples": [{}] * 3})
+    assert status == 200 and len(body["results"]) == 3, body
+
+
+def test_warmup_requests_within_the_limits(guarded, pushed_model):
+    """A version whose warm-up replays a request over the limits fails to load (the served one stays)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+    version = h.copy_version(pushed_model, guarded.roots / "warm", 1)
+    (version / "assets.extra").mkdir(exist_ok=True)
+    with tf.io.TFRecordWriter(str(version / "assets.extra" / "tf_serving_warmup_requests")) as w:
+        w.write(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
+            request=shorthand_request(1_000_000))).SerializeToString())
+    config = reload_request("iris", str(guarded.roots / "iris")).config
+    config.model_config_list.config.add(name="warm", base_path=str(guarded.roots / "warm"))
+    with grpc.insecure_channel(guarded.grpc_target) as ch:
+        models = model_service_pb2_grpc.ModelServiceStub(ch)
+        models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=120)
+        state, message = versions_state(models, "warm")[1]
+        assert state == State.END and "(--max_request_elements)" in message, message
+        assert versions_state(models) == {1: (State.AVAILABLE, "")}
+        models.HandleReloadConfigRequest(reload_request("iris", str(guarded.roots / "iris")), timeout=120)
 
 
 def _status_request(name: str):
