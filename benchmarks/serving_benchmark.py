@@ -1,6 +1,7 @@
-"""Benchmark of `iris-tfx serve`: gRPC Predict latency/throughput against the same signature called in-process.
+"""Benchmark of `iris-tfx serve`: gRPC and REST Predict latency/throughput against the same signature in-process.
 
     python benchmarks/serving_benchmark.py [--model_dir <base>/<version>] [--seconds 5] [--load_generator h2load]
+                                           [--server_repo DIR]
 
 Starts the server (batching off, then on) on loopback and drives it with a gRPC load generator on the same
 machine: h2load (nghttp2, C) when it is on PATH, else grpc.aio in --client_procs processes. Prints p50/p99 latency
@@ -8,6 +9,10 @@ and req/s for Predict with 1 example at concurrency 1, 8, 32; examples/s with 25
 in-process time of the signature and the server/in-process ratio; and the server's CPU time per request (robust
 to other load). A last "floor" run drives a grpc.aio server that only parses the request and answers the same
 PredictResponse: what Python gRPC alone allows on this machine under the same load.
+REST rows (h2load --h1, HTTP/1.1 keep-alive, one request in flight per connection) send the `serving_raw` JSON
+row format with 1 and 256 instances; the "trickle" row times fresh `GET /v1/models/iris` connections while 100
+clients trickle request bodies. --server_repo runs the server of another checkout (e.g. a `git worktree` of an
+older commit) to compare in the same sitting.
 """
 import argparse
 import asyncio
@@ -131,6 +136,77 @@ def load_h2load(target: str, payload: bytes, concurrency: int, seconds: float) -
     return _summary(latencies, len(rows) - len(latencies), seconds)
 
 
+def load_h2load_rest(url: str, body: bytes, concurrency: int, seconds: float) -> Dict[str, float]:
+    """h2load over HTTP/1.1 (--h1): `concurrency` keep-alive connections, each POSTing the JSON `body` back to back;
+    errors are non-200 answers (the caller also checks the server's request_count)."""
+    with tempfile.TemporaryDirectory() as work:
+        path, log = os.path.join(work, "request.json"), os.path.join(work, "log")
+        with open(path, "wb") as f:
+            f.write(body)
+        subprocess.run(["h2load", "--h1", f"--duration={round(seconds * 1000)}ms", f"--clients={concurrency}",
+                        "--max-concurrent-streams=1", "-H", "content-type: application/json", f"--data={path}",
+                        f"--log-file={log}", url], check=True, stdout=subprocess.DEVNULL)
+        with open(log) as f:
+            rows = [line.split("\t") for line in f if line.strip()]
+    latencies = [int(r[2]) / 1e6 for r in rows if r[1] == "200"]
+    return _summary(latencies, len(rows) - len(latencies), seconds)
+
+
+def _rest_body(n: int) -> bytes:
+    import json
+    from components import constants as c
+    return json.dumps({"signature_name": c.RAW_SIGNATURE,
+                       "instances": [dict(zip(c.FEATURE_KEYS, ROW))] * n}).encode()
+
+
+def trickle(rest_port: int, clients: int, probes: int, timeout: float = 5.0) -> Dict[str, float]:
+    """Times `probes` fresh connections, one after the other, doing `GET /v1/models/iris` (each capped at `timeout`
+    s), first alone, then while `clients` connections trickle a request body (one byte every 100 ms of a declared
+    1 MB)."""
+    async def probe() -> Optional[float]:
+        start = time.perf_counter()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", rest_port), timeout)
+            writer.write(b"GET /v1/models/iris HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            line = await asyncio.wait_for(reader.readline(), timeout - (time.perf_counter() - start))
+            writer.close()
+            return time.perf_counter() - start if b" 200 " in line else None
+        except (OSError, asyncio.TimeoutError):
+            return None
+
+    async def trickler(stop: asyncio.Event, held: List[asyncio.StreamWriter]) -> None:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", rest_port)
+            held.append(writer)
+            writer.write(b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: b\r\nContent-Length: 1000000\r\n\r\n")
+            while not stop.is_set():
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        except OSError:
+            pass
+
+    async def run() -> Tuple[List[Optional[float]], List[Optional[float]], int]:
+        alone = [await probe() for _ in range(probes)]
+        stop, held = asyncio.Event(), []
+        tasks = [asyncio.ensure_future(trickler(stop, held)) for _ in range(clients)]
+        await asyncio.sleep(1.0)  # every trickler connected and sending
+        loaded = [await probe() for _ in range(probes)]
+        stop.set()
+        for writer in held:
+            writer.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return alone, loaded, len(held)
+    alone, loaded, connected = asyncio.run(run())
+
+    def p50(times: List[Optional[float]]) -> float:
+        ok = sorted(t for t in times if t is not None)
+        return ok[len(ok) // 2] * 1e3 if ok else float("nan")
+    return {"alone_p50_ms": p50(alone), "p50_ms": p50(loaded),
+            "max_ms": max((t for t in loaded if t is not None), default=float("nan")) * 1e3,
+            "failed": sum(t is None for t in loaded), "tricklers": connected}
+
+
 def _ok_predicts(rest_port: int) -> int:
     """Predict calls the server answered OK, from its Prometheus request_count (h2load reads no gRPC status)."""
     import urllib.request
@@ -165,7 +241,7 @@ def _floor_server(response: bytes, queue) -> None:
 
 
 class Server:
-    def __init__(self, base: str, batching: Optional[str], log_path: str, extra: List[str]):
+    def __init__(self, base: str, batching: Optional[str], log_path: str, extra: List[str], repo: str = REPO):
         self.grpc_port, self.rest_port = _free_port(), _free_port()
         args = [sys.executable, "-m", "serving.server", "--host=127.0.0.1", f"--port={self.grpc_port}",
                 f"--rest_api_port={self.rest_port}", f"--model_base_path={base}", "--model_name=iris",
@@ -173,8 +249,8 @@ class Server:
         if batching:
             args += ["--enable_batching", f"--batching_parameters_file={batching}"]
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONPATH=REPO))
+        self.proc = subprocess.Popen(args, cwd=repo, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONPATH=repo))
         self.target = f"127.0.0.1:{self.grpc_port}"
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -245,6 +321,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--client_procs", type=int, default=2, help="processes of the python load generator")
     p.add_argument("--batch_examples", type=int, default=256)
     p.add_argument("--server_arg", action="append", default=[], help="extra server flag, e.g. --grpc_max_threads=4")
+    p.add_argument("--server_repo", default=REPO, help="checkout whose serving/ is benchmarked (default: this one)")
+    p.add_argument("--trickle_clients", type=int, default=100)
     args = p.parse_args(argv)
     model_dir = os.path.abspath(args.model_dir or _latest_version(os.path.join(REPO, defaults.MODEL_BASE_PATH)))
     work = tempfile.mkdtemp(prefix="serving-bench-")
@@ -266,9 +344,11 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{'errors':>6} {'p50/in-proc':>11} {'server CPU us/req':>17}")
 
     def run(label: str, pid: int, target: str, rest_port: Optional[int], n: int, conc: int, payload: bytes,
-            t_in: Optional[float]) -> None:
+            t_in: Optional[float], rest: bool = False) -> None:
         cpu, ok = _cpu_seconds(pid), _ok_predicts(rest_port) if rest_port else 0
-        if args.load_generator == "h2load":
+        if rest:
+            r = load_h2load_rest(f"http://127.0.0.1:{rest_port}/v1/models/iris:predict", payload, conc, args.seconds)
+        elif args.load_generator == "h2load":
             r = load_h2load(target, payload, conc, args.seconds)
         else:
             r = load_python(target, payload, conc, args.seconds, args.client_procs)
@@ -281,14 +361,24 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     response = b""
     loads = [(1, conc, one, t1) for conc in (1, 8, 32)] + [(args.batch_examples, 8, many, tn)]
+    rest_loads = [(1, conc, _rest_body(1), t1) for conc in (1, 32)] + \
+        [(args.batch_examples, conc, _rest_body(args.batch_examples), tn) for conc in (1, 8)]
+    trickled: Dict[str, float] = {}
     for label, params in (("off", None), ("on", batching)):
-        server = Server(base, params, os.path.join(work, f"server-{label}.log"), args.server_arg)
+        server = Server(base, params, os.path.join(work, f"server-{label}.log"), args.server_arg, args.server_repo)
         try:
             response = response or _call(server.target, one)
             for n, conc, payload, t_in in loads:
                 run(label, server.proc.pid, server.target, server.rest_port, n, conc, payload, t_in)
+            for n, conc, payload, t_in in rest_loads if params is None else []:
+                run("REST off", server.proc.pid, server.target, server.rest_port, n, conc, payload, t_in, rest=True)
+            if params is None:
+                trickled = trickle(server.rest_port, args.trickle_clients, probes=10)
         finally:
             server.stop()
+    print(f"trickle: fresh GET /v1/models/iris p50 {trickled['alone_p50_ms']:.2f} ms alone; with "
+          f"{trickled['tricklers']} clients trickling request bodies p50 {trickled['p50_ms']:.2f} ms, max "
+          f"{trickled['max_ms']:.2f} ms, {trickled['failed']} of 10 not answered within 5 s", flush=True)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     floor = ctx.Process(target=_floor_server, args=(response, queue), daemon=True)

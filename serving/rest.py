@@ -72,7 +72,7 @@ def _scalar_columns(rows: List[Any], names: List[str], infos) -> Optional[Dict[s
         columns = {n: [row[n] for row in rows] for n in names}
     except (KeyError, TypeError, IndexError):
         return None
-    if any(len(row) != len(names) for row in rows):
+    if set(map(len, rows)) != {len(names)}:
         return None
     inputs = {}
     for n in names:
