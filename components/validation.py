@@ -71,7 +71,11 @@ def too_few_per_class(statistics_by_split: Dict[str, statistics_pb2.DatasetFeatu
     counts = {split: class_counts(stats) for split, stats in statistics_by_split.items()}
     sizes = {split: sum(dataset.num_examples for dataset in stats.datasets)
              for split, stats in statistics_by_split.items()}
-    total_rows = sum(sizes.values())
+    if not all(sizes.values()):
+        return []  # empty_splits reports these
+    smallest = min(sizes, key=sizes.get)  # the split that needs the most rows in all to get `minimum`
+    total = sum(sizes.values())
+    needed, share = math.ceil(minimum * total / sizes[smallest]), sizes[smallest] / total
     lines = []
     for split, by_class in sorted(counts.items()):
         if not by_class:
@@ -81,12 +85,11 @@ def too_few_per_class(statistics_by_split: Dict[str, statistics_pb2.DatasetFeatu
             if have >= minimum:
                 continue
             in_data = sum(c.get(species, 0) for c in counts.values())
-            share = sizes[split] / total_rows
             lines.append(
                 f"split '{split}': species '{species}' has {have} example{'' if have == 1 else 's'} (at least "
                 f"{minimum} needed in each split; the data has {in_data} row{'' if in_data == 1 else 's'} of it): "
-                f"add rows of '{species}' to the CSV, about {math.ceil(minimum / share)} in all, since "
-                f"'{split}' gets about {share:.0%} of the rows")
+                f"add rows of '{species}' to the CSV, about {needed} in all, since "
+                f"'{smallest}' gets about {share:.0%} of the rows")
     return lines
 
 

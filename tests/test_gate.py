@@ -62,7 +62,7 @@ def test_single_species_is_refused_with_split_species_and_counts(tmp_path):
                     f"the data has 0 rows of it): add rows of '{species}' to the CSV") in message
     assert "setosa" not in message
     assert "unique values" not in message  # the schema's vaguer finding is left out: the lines above say more
-    assert "'eval' gets about 20% of the rows" in message
+    assert message.count("about 25 in all, since 'eval' gets about 20% of the rows") == 4
 
 
 def test_a_species_below_the_minimum_in_one_split(tmp_path):
