@@ -96,6 +96,7 @@ def _bool(value: str) -> bool:
 
 
 def _positive(value: str) -> int:
+    """A limit flag: a positive integer (0 would refuse everything)."""
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")

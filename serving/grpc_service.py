@@ -49,6 +49,7 @@ def call(manager: ModelManager, metrics: Metrics, api: str, entrypoint: str, req
 
 
 def _raise(error: ServingError) -> None:
+    """A prepare() for call() that refuses the request: call() records the refusal in the metrics."""
     raise error
 
 

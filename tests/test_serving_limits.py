@@ -12,8 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import grpc  # noqa: E402
 from tensorflow.core.framework import types_pb2  # noqa: E402
-from tensorflow_serving.apis import (classification_pb2, model_management_pb2, model_service_pb2_grpc,  # noqa: E402
-                                     predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, model_management_pb2,  # noqa: E402
+                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 from components import constants as c  # noqa: E402
@@ -46,12 +46,14 @@ def rss_bytes(proc: h.ServerProcess) -> int:
 
 
 def reload_request(name: str, base_path: str) -> model_management_pb2.ReloadConfigRequest:
+    """A HandleReloadConfigRequest serving one model from base_path."""
     config = model_server_config_pb2.ModelServerConfig()
     config.model_config_list.config.add(name=name, base_path=base_path, model_platform="tensorflow")
     return model_management_pb2.ReloadConfigRequest(config=config)
 
 
 def metric_lines(proc: h.ServerProcess, prefix: str):
+    """Lines of the server's Prometheus page starting with prefix."""
     status, text = http(proc.rest_url + METRICS)
     assert status == 200
     return [line for line in text.splitlines() if line.startswith(prefix)]
@@ -60,6 +62,7 @@ def metric_lines(proc: h.ServerProcess, prefix: str):
 # --- a server confined to a models root, default request limits ----------------------------------------------
 @pytest.fixture(scope="module")
 def guarded(pushed_model, tmp_path_factory):
+    """A server whose base paths must lie under <tmp>/models, and a loadable model outside it."""
     root = tmp_path_factory.mktemp("limits")
     roots, outside = root / "models", root / "outside"
     h.copy_version(pushed_model, roots / "iris", 1)
@@ -72,6 +75,7 @@ def guarded(pushed_model, tmp_path_factory):
 
 
 def test_shorthand_request_refused_before_decoding(guarded):
+    """The issue's 155-byte request declaring 4 x 10^6 elements is refused, naming the flag, without RSS growth."""
     request = shorthand_request(1_000_000)  # 4 x 10^6 elements declared
     assert request.ByteSize() < 200
     before = rss_bytes(guarded)
@@ -89,6 +93,7 @@ def test_shorthand_request_refused_before_decoding(guarded):
 
 
 def test_unknown_model_names_share_one_label(guarded):
+    """20,000 made-up model names (gRPC) and 20 (REST) are counted under model_name="<unknown>"."""
     names = 20_000
     with grpc.insecure_channel(guarded.grpc_target) as ch:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
@@ -108,6 +113,7 @@ def test_unknown_model_names_share_one_label(guarded):
 
 
 def test_reload_outside_the_roots_refused(guarded):
+    """Absolute, '..' and symlink escapes from the roots are refused and the served model stays."""
     link = guarded.roots / "link"
     link.symlink_to(guarded.outside / "iris", target_is_directory=True)
     escapes = ["/etc", str(guarded.outside / "iris"), f"{guarded.roots}/../outside/iris", str(link)]
@@ -166,13 +172,14 @@ def test_warmup_requests_within_the_limits(guarded, pushed_model):
 
 
 def _status_request(name: str):
-    from tensorflow_serving.apis import get_model_status_pb2
+    """GetModelStatusRequest for every version of a model."""
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = name
     return request
 
 
 def test_config_file_outside_the_roots_is_a_startup_error(pushed_model, tmp_path):
+    """A config file naming a base path outside the roots stops the server at start with one clear line."""
     roots, outside = tmp_path / "models", tmp_path / "elsewhere"
     roots.mkdir()
     h.copy_version(pushed_model, outside, 1)
@@ -192,6 +199,7 @@ def test_config_file_outside_the_roots_is_a_startup_error(pushed_model, tmp_path
 # --- a server with model management disabled and a raised element limit -------------------------------------
 @pytest.fixture(scope="module")
 def locked(pushed_model, tmp_path_factory):
+    """A server with model management disabled and room for 2M-element requests."""
     root = tmp_path_factory.mktemp("locked")
     h.copy_version(pushed_model, root / "iris", 1)
     proc = h.ServerProcess([f"--model_base_path={root / 'iris'}", "--enable_model_management=false",
@@ -202,6 +210,7 @@ def locked(pushed_model, tmp_path_factory):
 
 
 def test_reload_refused_when_model_management_is_disabled(locked):
+    """Any reload, even of the served path, is UNIMPLEMENTED naming the flag; the model stays."""
     with grpc.insecure_channel(locked.grpc_target) as ch:
         models = model_service_pb2_grpc.ModelServiceStub(ch)
         for path in ("/etc", str(locked.base)):
@@ -240,6 +249,7 @@ def test_large_allowed_request_does_not_stall_other_clients(locked):
 
 # --- declared cost, in-process ------------------------------------------------------------------------------
 def test_request_cost_is_read_from_declared_shapes():
+    """Elements and decoding expansion come from shapes and counts: shorthand, repeated strings, example context."""
     from serving.errors import ServingError
     from serving.inference import check_request, request_cost
     assert request_cost(shorthand_request(1_000_000)) == (4_000_000, 0)
