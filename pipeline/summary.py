@@ -2,8 +2,9 @@
 import dataclasses
 import json
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+from google.protobuf import text_format
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx import types
@@ -13,6 +14,7 @@ from tfx.types import artifact_utils
 from components.validation import describe_anomalies, load_anomalies
 
 _STATES = {value: name for name, value in metadata_store_pb2.Execution.State.items()}
+_EXAMPLE_COUNT = "example_count"  # tfma.metrics.example_count.EXAMPLE_COUNT_NAME, without importing TFMA here
 
 
 @dataclasses.dataclass
@@ -24,11 +26,27 @@ class NodeResult:
 
 
 @dataclasses.dataclass
+class MetricRow:
+    """One metric on one slice: the new model's value, beside the baseline's and TFMA's change when compared."""
+    metric: str
+    slice_name: str
+    new: Optional[float] = None
+    baseline: Optional[float] = None
+    change: Optional[float] = None
+
+    def cells(self) -> List[str]:
+        """The three values as printed; counts as integers, '-' where there is none."""
+        digits = 0 if self.metric == _EXAMPLE_COUNT else 4
+        return ["-" if value is None else f"{value:{sign}.{digits}f}"
+                for value, sign in ((self.new, ""), (self.baseline, ""), (self.change, "+"))]
+
+
+@dataclasses.dataclass
 class RunSummary:
     run_id: str
     nodes: List[NodeResult]
     anomalies: str = ""
-    metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+    metrics: Dict[str, MetricRow] = dataclasses.field(default_factory=dict)  # by "metric [slice]"
     validation_failures: List[str] = dataclasses.field(default_factory=list)
     blessed: Optional[bool] = None
     pushed_path: Optional[str] = None
@@ -44,8 +62,15 @@ class RunSummary:
         lines += [f"  {n.node:<32} {n.status:<9} {n.seconds:>7.1f}s" for n in self.nodes]
         lines.append("Anomalies: " + ("none" if not self.anomalies else "\n  " + self.anomalies.replace("\n", "\n  ")))
         if self.metrics:
-            lines.append("Evaluation (eval split):")
-            lines += [f"  {name:<40} {value:.4f}" for name, value in sorted(self.metrics.items())]
+            compared = any(row.baseline is not None for row in self.metrics.values())
+            columns = 3 if compared else 1
+            lines.append("Evaluation (eval split" + (", new model vs baseline = the previous blessed model):"
+                                                     if compared else "):"))
+            heading = ["new model", "baseline", "change"][:columns]
+            width = max(len(name) for name in self.metrics)
+            lines.append(f"  {'metric [slice]':<{width}}" + "".join(f" {h:>10}" for h in heading))
+            lines += [f"  {name:<{width}}" + "".join(f" {cell:>10}" for cell in row.cells()[:columns])
+                      for name, row in sorted(self.metrics.items())]
         lines += [f"  threshold not met: {failure}" for failure in self.validation_failures]
         if self.blessed is not None:
             lines.append(f"Model blessed: {'yes' if self.blessed else 'no'}")
@@ -116,28 +141,77 @@ def _outputs(store, execution) -> List[types.Artifact]:
 
 
 def _read_artifact(summary: RunSummary, artifact: types.Artifact) -> None:
-    import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top  (slow import)
     kind = artifact.type_name
     if kind == "ExampleAnomalies":
         summary.anomalies = describe_anomalies(load_anomalies(artifact))
     elif kind == "ModelEvaluation":
-        for sliced in tfma.load_metrics(artifact.uri):
-            slice_name = _slice_name(sliced.slice_key)
-            for key in sliced.metric_keys_and_values:
-                value = key.value.double_value.value
-                name = key.key.name + ("" if not key.key.is_diff else " (change vs baseline)")
-                summary.metrics[f"{name} [{slice_name}]"] = value
-        validation = tfma.load_validation_result(artifact.uri)
-        for failure in validation.metric_validations_per_slice:
-            for metric in failure.failures:
-                summary.validation_failures.append(
-                    f"{metric.metric_key.name} [{_slice_name(failure.slice_key)}] = "
-                    f"{metric.metric_value.double_value.value:.4f} ({metric.message})")
+        summary.metrics, summary.validation_failures = read_evaluation(artifact.uri)
     elif kind == "ModelBlessing":
         summary.blessed = bool(artifact.get_int_custom_property("blessed"))
     elif kind == "PushedModel" and artifact.get_int_custom_property("pushed"):
         summary.pushed_path = artifact.get_string_custom_property("pushed_destination")
         summary.pushed_version = artifact.get_string_custom_property("pushed_version")
+
+
+def read_evaluation(uri: str) -> Tuple[Dict[str, MetricRow], List[str]]:
+    """The Evaluator's metrics by "metric [slice]", each value placed by its key's model_name and is_diff
+    (never by order: the baseline's values would overwrite the new model's), and the thresholds not met."""
+    import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top  (slow import)
+    from tensorflow_model_analysis.writers import eval_config_writer  # pylint: disable=g-import-not-at-top
+    eval_config = eval_config_writer.load_eval_run(uri)[0]
+    baselines = {spec.name for spec in eval_config.model_specs if spec.is_baseline} if eval_config else set()
+    rows: Dict[str, MetricRow] = {}
+    for sliced in tfma.load_metrics(uri):
+        slice_name = _slice_name(sliced.slice_key)
+        for entry in sliced.metric_keys_and_values:
+            key = entry.key
+            if entry.value.WhichOneof("type") != "double_value" or (key.is_diff and key.name == _EXAMPLE_COUNT):
+                continue  # both models see the same examples: the count's change is always 0
+            row = rows.setdefault(f"{key.name} [{slice_name}]", MetricRow(key.name, slice_name))
+            value = entry.value.double_value.value
+            if key.is_diff:
+                row.change = value
+            elif key.model_name in baselines:
+                row.baseline = value
+            else:
+                row.new = value
+    failures = [_describe_failure(failure, _slice_name(per_slice.slice_key), rows)
+                for per_slice in tfma.load_validation_result(uri).metric_validations_per_slice
+                for failure in per_slice.failures]
+    return rows, failures
+
+
+def _describe_failure(failure, slice_name: str, rows: Dict[str, MetricRow]) -> str:
+    """What missed which bound, e.g. "accuracy [overall] 0.8571 < floor 0.9" or
+    "accuracy [overall] change -0.0357 < 0 allowed (baseline 0.8929)"; the bound is the failure's own threshold."""
+    from tensorflow_model_analysis.proto import config_pb2  # pylint: disable=g-import-not-at-top  (slow import)
+    name = f"{failure.metric_key.name} [{slice_name}]"
+    if failure.metric_value.WhichOneof("type") != "double_value":
+        return f"{name}: {failure.message}"  # e.g. a thresholded metric that was not computed
+    value, threshold = failure.metric_value.double_value.value, failure.metric_threshold
+    if threshold.HasField("value_threshold"):
+        bounds = threshold.value_threshold
+        if bounds.HasField("lower_bound") and value < bounds.lower_bound.value:
+            return f"{name} {value:.4f} < floor {_bound(bounds.lower_bound.value)}"
+        return f"{name} {value:.4f} > ceiling {_bound(bounds.upper_bound.value)}"
+    change = threshold.change_threshold
+    higher = change.direction == config_pb2.MetricDirection.HIGHER_IS_BETTER
+    baseline = rows.get(name, MetricRow("", "")).baseline
+    missed = []
+    if change.HasField("absolute") and (value < change.absolute.value if higher else value > change.absolute.value):
+        missed.append(f"change {value:+.4f} {'<' if higher else '>'} {_bound(change.absolute.value)} allowed")
+    if change.HasField("relative") and baseline:
+        ratio = value / baseline
+        if ratio < change.relative.value if higher else ratio > change.relative.value:
+            missed.append(f"relative change {ratio:+.2%} {'<' if higher else '>'} {change.relative.value:+.2%} allowed")
+    base = "" if baseline is None else f" (baseline {baseline:.4f})"
+    unmet = " and ".join(missed) or f"change {value:+.4f} ({text_format.MessageToString(change, as_one_line=True)})"
+    return f"{name} {unmet}{base}"
+
+
+def _bound(value: float) -> str:
+    """A threshold as people write it: 0.9, 0 (not -1e-10, the "no regression" epsilon)."""
+    return f"{round(value, 4) + 0.0:.4f}".rstrip("0").rstrip(".")
 
 
 def _slice_name(slice_key) -> str:
