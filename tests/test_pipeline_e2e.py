@@ -104,6 +104,9 @@ BAD_INPUTS = {
     "absurd_measurement": (lambda: _with(120, sepal_length="58"), ["sepal_length", "high"]),
     "unknown_species": (lambda: _with(30, species="daisy"), ["species", "daisy"]),
     "missing_label": (lambda: _with(90, species=""), ["species"]),
+    # Stopped at the gate, not by a TFMA traceback in the Evaluator.
+    "single_species": (lambda: _csv([r for r in _iris_rows() if r[constants.LABEL_KEY] == "setosa"]),
+                       ["AnomaliesGate failed", "split 'eval': species 'versicolor' has 0 examples", "add rows of"]),
 }
 
 
@@ -128,6 +131,7 @@ def test_bad_input_stops_the_run_without_pushing(case, served_model_dir, tmp_pat
     error = result.stderr
     assert "error" in error and "No model was pushed." in error, error
     assert "[while running" not in error, error  # Beam's suffix only repeats the component's name
+    assert "Traceback" not in result.stdout + error, error
     for word in expected_words:
         assert word in error, (word, error)
     assert sorted(p.name for p in served_model_dir.iterdir()) == before
