@@ -10,8 +10,12 @@ for `early_stopping_patience` rounds, and keeps the best round's weights; this n
 Fisher's 150 rows (120 train) give today's 100 epochs x 15 steps of batch 8 at learning rate 0.01.
 """
 import dataclasses
+import json
 import math
+import os
 from typing import Any, Dict
+
+TRAINING_RECORD = "training.json"  # written by the Trainer in its model_run dir: what a run used and did
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,3 +75,16 @@ class Hyperparameters:
         return Budget(batch_per_replica=batch, global_batch=global_batch, learning_rate=learning_rate,
                       dropout=self.dropout * min(1.0, self.dropout_examples / num_train_examples),
                       steps=steps - steps % steps_per_round, steps_per_round=steps_per_round)
+
+
+def describe_training(model_run_dir: str) -> str:
+    """The run summary's line from the Trainer's TRAINING_RECORD ("" if it has none, e.g. a remote dir)."""
+    path = os.path.join(model_run_dir, TRAINING_RECORD)
+    if not os.path.isfile(path):
+        return ""
+    with open(path) as f:
+        r = json.load(f)
+    stopped = f", stopped early, best at step {r['best_step']}" if r["stopped_early"] else ""
+    return (f"Training: steps {r['steps']} of at most {r['max_steps']}{stopped}, batch {r['global_batch']}, "
+            f"learning rate {r['learning_rate']:.3g}, {r['num_train_examples']} train examples"
+            + (f", early stopping on {r['num_eval_examples']} eval examples" if r["num_eval_examples"] else ""))

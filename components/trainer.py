@@ -13,9 +13,7 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from components import constants, model as model_lib
-from components.hyperparameters import Hyperparameters
-
-TRAINING_RECORD = "training.json"  # in the Trainer's model_run dir: what the run used (see TrainingRecord)
+from components.hyperparameters import TRAINING_RECORD, Hyperparameters
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -46,7 +44,8 @@ def count_examples(file_patterns: List[str], limit: Optional[int] = None) -> int
 
 @dataclasses.dataclass
 class TrainingRecord:
-    """What a training run used and did: written to <model_run_dir>/training.json for the run summary."""
+    """What a training run used and did: written to <model_run_dir>/training.json for the run summary
+    (hyperparameters.describe_training)."""
     num_train_examples: int
     replicas: int
     batch_per_replica: int

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from components.hyperparameters import Budget, Hyperparameters
+from components.hyperparameters import Budget, Hyperparameters, describe_training
 from conftest import FAST_BEAM, REPO, iris_tfx
 
 SIZES = [1, 7, 64, 120, 121, 239, 240, 1_000, 15_360, 24_000, 120_000, 1_200_000, 10_000_000]
@@ -83,6 +83,22 @@ def test_rule_imports_no_tensorflow():
     assert "'tensorflow'" not in result.stdout
 
 
+def test_summary_line_reads_the_trainers_record(tmp_path):
+    assert describe_training(str(tmp_path)) == ""
+    record = dict(num_train_examples=24000, replicas=1, batch_per_replica=1024, global_batch=1024,
+                  learning_rate=0.05, dropout=0.004, max_steps=1992, steps=936, num_eval_examples=6000,
+                  stopped_early=True, best_step=696)
+    (tmp_path / "training.json").write_text(json.dumps(record))
+    assert describe_training(str(tmp_path)) == (
+        "Training: steps 936 of at most 1992, stopped early, best at step 696, batch 1024, learning rate 0.05, "
+        "24000 train examples, early stopping on 6000 eval examples")
+    (tmp_path / "training.json").write_text(json.dumps({**record, "stopped_early": False, "num_eval_examples": 0,
+                                                        "steps": 1500, "max_steps": 1500, "global_batch": 8,
+                                                        "learning_rate": 0.01, "num_train_examples": 120}))
+    assert describe_training(str(tmp_path)) == "Training: steps 1500 of at most 1500, batch 8, learning rate 0.01, " \
+                                               "120 train examples"
+
+
 def test_run_on_30000_synthetic_rows_is_blessed_pushed_and_kept_to_the_budget(tmp_path):
     from pipeline import synth
     data = tmp_path / "synthetic.csv"
@@ -102,3 +118,4 @@ def test_run_on_30000_synthetic_rows_is_blessed_pushed_and_kept_to_the_budget(tm
     assert 0 < record["best_step"] <= record["steps"] <= budget.steps == record["max_steps"]
     assert record["steps"] * record["global_batch"] <= 2000 * 1024
     assert record["num_eval_examples"] >= 1000  # the eval split was used for early stopping
+    assert f"Training: steps {record['steps']} of at most {record['max_steps']}" in result.stdout  # in the summary
