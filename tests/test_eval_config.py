@@ -77,6 +77,7 @@ def test_metrics_equal_a_plain_count_of_the_predictions(pushed_model, eval_examp
 def test_confusion_matrix_counts_each_label_and_prediction_pair(pushed_model, eval_examples, tfma_result):
     result, _ = tfma_result
     labels, predicted, classes = _expected(pushed_model, eval_examples)
+    assert result.plots, "TFMA wrote no plots"
     (plots,) = [p for key, p in result.plots if key == ()]
     (matrix,) = plots[""][""]["multiClassConfusionMatrixAtThresholds"]["matrices"]
     counted = {(e.get("actualClassId", 0), e.get("predictedClassId", 0)): e["numWeightedExamples"]
