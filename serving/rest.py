@@ -384,6 +384,9 @@ class RestServer:
         try:
             if request.content_length is not None and request.content_length > self.max_body:
                 return self._too_large(request.content_length)
+            if request.body_exists and request.headers.get("Expect", "").lower() == "100-continue":
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits 1 s for this
+                request.writer.output_size = 0  # the response proper has not started (as aiohttp's web app does)
             # every method's body is read (never parsed as a next request), within the body deadline
             body = await asyncio.wait_for(request.read(), self.timeout) if request.body_exists else b""
         except asyncio.TimeoutError:

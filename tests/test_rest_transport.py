@@ -296,3 +296,17 @@ def test_sigterm_drains_both_transports_and_refuses_new_connections(model, tmp_p
     assert "refused" in {o for t, o in timeline} and "Server stopped" in proc.log()
     if batching:  # each client had a request waiting in the batch queue at the signal
         assert sum(sent < signalled[0] < sent + 1 for sent, o in outcomes) >= 12
+
+
+def test_expect_100_continue_is_answered(server):
+    """curl sends `Expect: 100-continue` with bodies over 1 KiB and waits a second for the interim answer."""
+    with connect(server.rest_port) as s:
+        s.sendall(request_bytes("POST", "/v1/models/iris:predict", extra="Expect: 100-continue\r\n")
+                  .replace(b"Content-Length: 0", f"Content-Length: {len(PREDICT_BODY)}".encode()))
+        s.settimeout(0.9)
+        interim = s.recv(65536)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.settimeout(30)
+        s.sendall(PREDICT_BODY)
+        status, _, body, _ = read_response(s)
+    assert status == 200 and json.loads(body)["predictions"][0][c.PREDICTED_OUTPUT] == "setosa"
