@@ -127,9 +127,12 @@ def parse_flags(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--batching_parameters_file", default="")
     p.add_argument("--monitoring_config_file", default="", help="MonitoringConfig text file (default: Prometheus on)")
     p.add_argument("--grpc_max_threads", type=int, default=defaults.GRPC_THREADS_PER_CORE * cores)
-    p.add_argument("--rest_api_num_threads", type=int, default=defaults.REST_THREADS_PER_CORE * cores)
+    p.add_argument("--rest_api_num_threads", type=int, default=defaults.REST_THREADS_PER_CORE * cores,
+                   help="accepted for compatibility and ignored: REST runs on the event loop, large requests in "
+                        "the --grpc_max_threads pool")
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
-                   help="socket timeout of REST connections (idle or slow clients are dropped)")
+                   help="per REST connection, the deadline for a request's headers and, separately, for its body "
+                        "(408 past it); idle keep-alive connections are closed after it")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=defaults.INTRA_OP_THREADS,
                    help="threads per op (0: one per core)")
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=defaults.INTER_OP_THREADS,

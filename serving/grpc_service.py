@@ -45,7 +45,7 @@ def call(manager: ModelManager, metrics: Metrics, api: str, entrypoint: str, req
         except Exception as e:  # noqa: BLE001 - never let a request take the server down
             log.exception("%s failed", api)
             info[2] = grpc.StatusCode.INTERNAL.name
-            raise ServingError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}") from None
+            raise ServingError(grpc.StatusCode.INTERNAL, f"Internal error: {e}") from None  # class name: in the log
 
 
 def _raise(error: ServingError) -> None:

@@ -230,6 +230,8 @@ class RestApi:
             if name not in servable.signatures:
                 raise invalid(f'Serving signature name: "{name}" not found in signature def')
             inputs, rows = predict_inputs(doc, servable.signatures[name].inputs)
+            inference.check_cost(sum(a.size for a in inputs.values()), 0, self.manager.max_request_elements,
+                                 self.manager.max_request_bytes)  # JSON has no shorthand: bytes bound the decoding
             outputs = inference.run_predict(servable, name, inputs, [])
             return {"predictions": rows_to_json(outputs)} if rows else {"outputs": columns_to_json(outputs)}
         return call(self.manager, self.metrics, "predict", "rest", None, run, spec, parse)

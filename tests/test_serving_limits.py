@@ -197,6 +197,19 @@ def test_config_file_outside_the_roots_is_a_startup_error(pushed_model, tmp_path
 
 
 # --- a server with model management disabled and a raised element limit -------------------------------------
+def test_rest_predict_element_limit(guarded):
+    """REST predict counts its decoded elements against the same limit as gRPC (default 500,000)."""
+    rows = 500_000 // len(c.FEATURE_KEYS) + 1
+    url = f"{guarded.rest_url}/v1/models/iris:predict"
+
+    def columns(n: int):
+        return {"signature_name": c.RAW_SIGNATURE, "inputs": {k: [v] * n for k, v in zip(c.FEATURE_KEYS, SETOSA)}}
+    status, body = http(url, columns(rows))
+    assert status == 400 and "(--max_request_elements)" in body["error"], body
+    status, body = http(url, columns(2))
+    assert status == 200 and len(body["outputs"][c.PREDICTED_OUTPUT]) == 2, body
+
+
 @pytest.fixture(scope="module")
 def locked(pushed_model, tmp_path_factory):
     """A server with model management disabled and room for 2M-element requests."""
