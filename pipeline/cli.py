@@ -26,6 +26,8 @@ import time
 import warnings
 from typing import Callable, Iterator, List, Optional, Set
 
+import psutil
+
 from components.hyperparameters import Hyperparameters
 from pipeline import beam_workers
 from pipeline.beam_workers import forked_workers
@@ -353,7 +355,8 @@ def _private_temp_dir() -> Iterator[str]:
 def _stopped_on_signals(progress: _ProgressHandler, serving_dir: str, temp_dir: str) -> Iterator[None]:
     """While active, SIGINT/SIGTERM stop the run: Beam workers and child processes killed, temp_dir removed,
     one line on what was pushed, exit 128 + signal (130, 143). A thread does it, woken through the signal
-    wakeup fd, because the main thread may be inside TensorFlow or Beam code that would delay a Python handler."""
+    wakeup fd at once, since the main thread may be inside TensorFlow or Beam code that delays Python handlers;
+    the main thread's own handler only parks it, so the pipeline takes no further step meanwhile."""
     before = _versions(serving_dir)
     console = os.dup(2)  # the terminal, even while stderr goes to the log file
     wake_read, wake_write = os.pipe()
@@ -367,13 +370,14 @@ def _stopped_on_signals(progress: _ProgressHandler, serving_dir: str, temp_dir: 
                 return  # the run ended normally
             signum = received[0]
         try:
-            os.write(console, (_stop_run(signum, progress, serving_dir, before, temp_dir) + "\n").encode())
+            where, pushed = _interrupted_at(progress), "Pusher" in progress.finished  # as the signal came
+            os.write(console, (_stop_run(signum, where, pushed, serving_dir, before, temp_dir) + "\n").encode())
         finally:
             os._exit(128 + signum)  # pylint: disable=protected-access  (no unwinding through Beam's threads)
 
     watcher = threading.Thread(target=stop, name="iris-tfx-signals", daemon=True)
     watcher.start()
-    handlers = {signum: signal.signal(signum, lambda *_: None) for signum in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {signum: signal.signal(signum, _park) for signum in (signal.SIGINT, signal.SIGTERM)}
     previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
     try:
         yield
@@ -387,17 +391,21 @@ def _stopped_on_signals(progress: _ProgressHandler, serving_dir: str, temp_dir: 
             os.close(descriptor)
 
 
-def _stop_run(signum: int, progress: _ProgressHandler, serving_dir: str, before: Set[str], temp_dir: str) -> str:
+def _park(*_) -> None:
+    """The main thread's signal handler: take no further pipeline step while the watcher thread ends the run."""
+    threading.Event().wait()
+
+
+def _stop_run(signum: int, where: str, pushed: bool, serving_dir: str, before: Set[str], temp_dir: str) -> str:
     """Stops what the run started and removes its temp folder; returns the line saying what was pushed."""
     beam_workers.stop_workers()
-    import psutil  # pylint: disable=g-import-not-at-top
     for child in psutil.Process().children(recursive=True):  # Beam's worker relays, anything else started
         with contextlib.suppress(psutil.Error):
             child.kill()
     shutil.rmtree(temp_dir, ignore_errors=True)
-    line = f"iris-tfx: interrupted by {signal.Signals(signum).name} {_interrupted_at(progress)}: "
+    line = f"iris-tfx: interrupted by {signal.Signals(signum).name} {where}: "
     new = sorted(_versions(serving_dir) - before)
-    if new and "Pusher" in progress.finished:
+    if new and pushed:
         return line + "pushed " + ", ".join(os.path.join(serving_dir, version) for version in new) + "."
     if new:  # the Pusher was copying: a half-written version must never be served
         for version in new:
