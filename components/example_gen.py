@@ -2,8 +2,9 @@
 pyarrow, encodes tf.Examples with tfx-bsl's vectorised encoder, and reports a bad file in one line.
 
 TFX's own CsvExampleGen executor parses and converts every row in Python (~5,000 rows/s) and treats the data
-path as a glob pattern with {SPAN}-style placeholders; this one keeps its component, artifacts, hash split
-and input fingerprint caching (the driver is unchanged: `literal_input` escapes the path it globs).
+path as a glob pattern with {SPAN}-style placeholders; this one keeps its component, artifacts (gzip'd TFRecord
+splits), TFX's hash split and input fingerprint caching (the driver is unchanged: `literal_input` escapes the
+path it globs).
 """
 import csv
 import dataclasses
@@ -20,7 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.fs  # pylint: disable=unused-import  (pa.fs)
 from pyarrow import csv as pa_csv
 from google.protobuf.internal.encoder import _VarintBytes
-from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor, _PartitionFn
+from tfx.types import artifact_utils
 from tfx.dsl.io import fileio
 from tfx.types import standard_component_specs
 from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
@@ -250,41 +252,67 @@ def serialize_examples(encoder: RecordBatchToExamplesEncoder, batch: pa.RecordBa
     return examples
 
 
-class _EncodeExamples(beam.DoFn):
-    """Record batches -> serialized tf.Examples."""
+class _WriteSplits(beam.DoFn):
+    """A block of rows -> tf.Examples in each split's gzip'd TFRecord file for that block (numbered, so a retried
+    block rewrites its own files). Each example goes to the split TFX's own partition function gives it. Done
+    per block here, not with TFX's per-example Partition and WriteSplit: Beam's per-element cost was most of the
+    time (benchmarks/example_gen_benchmark.py)."""
+
+    def __init__(self, split_uris: List[str], split_config: Any) -> None:
+        self._split_uris = split_uris
+        self._split_config = split_config
+        self._buckets = list(np.cumsum([split.hash_buckets for split in split_config.splits]))
 
     def setup(self) -> None:
         self._encoder = RecordBatchToExamplesEncoder()
 
-    def process(self, batch: pa.RecordBatch) -> Iterator[bytes]:
-        yield from serialize_examples(self._encoder, batch)
-
-
-@beam.ptransform_fn
-@beam.typehints.with_input_types(beam.Pipeline)
-@beam.typehints.with_output_types(bytes)
-def _CsvToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],  # pylint: disable=invalid-name
-                   split_pattern: str) -> beam.pvalue.PCollection:
-    """The one CSV file -> serialized tf.Examples; blocks are spread over the workers before encoding."""
-    del split_pattern  # input_file reads it from the input config, which names one split
-    path = input_file(exec_properties)
-    read_header(path)  # a wrong header fails here, before any worker starts
-    return (pipeline
-            | "CsvFile" >> beam.Create([path])
-            | "ReadCsv" >> beam.FlatMap(read_record_batches)
-            | "Distribute" >> beam.Reshuffle()
-            | "Encode" >> beam.ParDo(_EncodeExamples()))
+    def process(self, numbered_batch: Tuple[int, pa.RecordBatch]) -> Iterator[int]:
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only in Beam workers)
+        number, batch = numbered_batch
+        options = tf.io.TFRecordOptions(compression_type="GZIP")
+        writers = [tf.io.TFRecordWriter(os.path.join(uri, f"data_tfrecord-{number:05d}.gz"), options)
+                   for uri in self._split_uris]
+        try:
+            for example in serialize_examples(self._encoder, batch):
+                writers[_PartitionFn(example, len(writers), self._buckets, self._split_config)].write(example)
+        finally:
+            for writer in writers:
+                writer.close()
+        yield batch.num_rows
 
 
 class Executor(BaseExampleGenExecutor):
-    """TFX's CsvExampleGen executor, reading with pyarrow and encoding with tfx-bsl."""
+    """TFX's CsvExampleGen executor, reading with pyarrow, encoding with tfx-bsl and writing a block at a time."""
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:  # pylint: disable=invalid-name
-        return _CsvToExamples
+        raise NotImplementedError("GenerateExamplesByBeam writes the splits itself")
+
+    def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,  # pylint: disable=invalid-name
+                               exec_properties: Dict[str, Any]) -> Dict[str, beam.pvalue.PCollection]:
+        """Reads, splits and writes; returns no PCollection for TFX's Do to write (it still records the splits)."""
+        from tfx.proto import example_gen_pb2  # pylint: disable=g-import-not-at-top
+        from tfx.utils import proto_utils  # pylint: disable=g-import-not-at-top
+        output_config = proto_utils.json_to_proto(
+            exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], example_gen_pb2.Output())
+        if not output_config.split_config.splits:
+            raise ValueError("this ExampleGen executor needs an output split config (e.g. train/eval hash buckets)")
+        split_uris = [artifact_utils.get_split_uri(self._examples, split.name)
+                      for split in output_config.split_config.splits]
+        for uri in split_uris:
+            fileio.makedirs(uri)
+        path = input_file(exec_properties)
+        read_header(path)  # a wrong header fails here, before any worker starts
+        _ = (pipeline
+             | "CsvFile" >> beam.Create([path])
+             | "ReadCsv" >> beam.FlatMap(lambda p: enumerate(read_record_batches(p)))
+             | "Distribute" >> beam.Reshuffle()
+             | "WriteSplits" >> beam.ParDo(_WriteSplits(split_uris, output_config.split_config)))
+        return {}
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # pylint: disable=invalid-name
         """Runs TFX's Do; if it fails, the file is checked again here to report its first problem in one line
         (Beam wraps a worker's exception in its traceback)."""
+        self._examples = output_dict[standard_component_specs.EXAMPLES_KEY]
         try:
             super().Do(input_dict, output_dict, exec_properties)
         except Exception:  # pylint: disable=broad-except  (re-raised unless the file explains it)
