@@ -108,6 +108,14 @@ BAD_INPUTS = {
     # Stopped at the gate, not by a TFMA traceback in the Evaluator.
     "single_species": (lambda: _csv([r for r in _iris_rows() if r[constants.LABEL_KEY] == "setosa"]),
                        ["AnomaliesGate failed", "split 'eval': species 'versicolor' has 0 examples", "add rows of"]),
+    # Files the ExampleGen executor refuses: one line naming the file and the line (components/example_gen.py).
+    "semicolon_separated": (lambda: _csv(_iris_rows()).replace(",", ";"),
+                            ["CsvExampleGen failed: ", "iris.csv line 1 (the header): columns are separated by ';'"]),
+    "megabyte_field": (lambda: _with(3, species="v" * (1 << 20)),
+                       ["CsvExampleGen failed: ", "iris.csv line 5: a field of more than 131,072 characters"]),
+    "binary_file": (lambda: bytes(range(256)) * 64, ["CsvExampleGen failed: ", "iris.csv line 1: binary data"]),
+    "not_utf8": (lambda: _with(4, species="s\u00e9tosa").encode("latin-1"),
+                 ["CsvExampleGen failed: ", "iris.csv line 6: not UTF-8 text"]),
 }
 
 
@@ -124,7 +132,8 @@ def test_bad_input_stops_the_run_without_pushing(case, served_model_dir, tmp_pat
     make_csv, expected_words = BAD_INPUTS[case]
     data = tmp_path / "data" / "iris.csv"
     data.parent.mkdir()
-    data.write_text(make_csv())
+    content = make_csv()
+    data.write_bytes(content if isinstance(content, bytes) else content.encode())
     before = sorted(p.name for p in served_model_dir.iterdir())
     result = iris_tfx("run", "--data", str(data), "--workdir", str(tmp_path / "work"),
                       "--serving-dir", str(served_model_dir), *FAST_BEAM)
