@@ -1,4 +1,4 @@
-"""Wall time and rows/s of one Beam component (StatisticsGen, Transform, Evaluator) run alone, in this process.
+"""Wall time, CPU seconds (all processes) and rows/s of one Beam component (StatisticsGen, Transform, Evaluator).
 
 Runs the component's own TFX executor, as built by today's `create_pipeline`, on the input artifacts an earlier
 `iris-tfx run` left in WORKDIR (found in its ML Metadata), writing its outputs to a temp folder, under the same
