@@ -48,7 +48,7 @@ class Hyperparameters:
     max_learning_rate: float = 0.05
     max_steps: int = 2000  # bounds the work whatever the rows: at most max_steps x batch examples are read
     max_steps_per_round: int = 100  # the eval loss is checked at least this often
-    early_stopping_patience: int = 10  # rounds without a better eval loss before training stops
+    early_stopping_patience: int = 20  # rounds without a better eval loss before training stops
     early_stopping_min_eval_examples: int = 1000  # smaller eval splits: no early stopping
     max_eval_examples: int = 10000  # the early-stopping loss is computed on at most this many eval examples
     seed: int = 42
