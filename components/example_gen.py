@@ -12,7 +12,7 @@ import gzip
 import logging
 import os
 import re
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
