@@ -11,6 +11,7 @@ from tfx import types
 from tfx.orchestration import metadata
 from tfx.types import artifact_utils
 
+from components.hyperparameters import describe_training
 from components.validation import describe_anomalies, load_anomalies
 
 _STATES = {value: name for name, value in metadata_store_pb2.Execution.State.items()}
@@ -52,6 +53,7 @@ class RunSummary:
     pushed_path: Optional[str] = None
     pushed_version: Optional[str] = None
     push_cached: bool = False  # a re-run reused the Pusher's result: that version was pushed before
+    training: str = ""  # "Training: steps N of at most M, batch B, ..." from the Trainer's model_run record
 
     @property
     def failed(self) -> List[NodeResult]:
@@ -61,6 +63,8 @@ class RunSummary:
         lines = [f"Run {self.run_id}", f"  {'component':<32} {'status':<9} {'time':>8}"]
         lines += [f"  {n.node:<32} {n.status:<9} {n.seconds:>7.1f}s" for n in self.nodes]
         lines.append("Anomalies: " + ("none" if not self.anomalies else "\n  " + self.anomalies.replace("\n", "\n  ")))
+        if self.training:
+            lines.append(self.training)
         if self.metrics:
             compared = any(row.baseline is not None for row in self.metrics.values())
             columns = 3 if compared else 1
@@ -146,6 +150,8 @@ def _read_artifact(summary: RunSummary, artifact: types.Artifact) -> None:
         summary.anomalies = describe_anomalies(load_anomalies(artifact))
     elif kind == "ModelEvaluation":
         summary.metrics, summary.validation_failures = read_evaluation(artifact.uri)
+    elif kind == "ModelRun":
+        summary.training = describe_training(artifact.uri)
     elif kind == "ModelBlessing":
         summary.blessed = bool(artifact.get_int_custom_property("blessed"))
     elif kind == "PushedModel" and artifact.get_int_custom_property("pushed"):
