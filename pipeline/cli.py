@@ -50,6 +50,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "predict":
         from serving import client
         return client.main(argv[1:])
+    if argv[:2] == ["data", "synth"]:
+        from pipeline import synth
+        return synth.main(argv[2:])
     args = _parser().parse_args(argv)
     return args.handler(args)
 
@@ -116,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.set_defaults(handler=_kubeflow_submit)
 
     # Listed for --help; main() dispatches them before argparse sees their flags.
+    data = commands.add_parser("data", help="data tools")
+    data.add_subparsers(dest="data_command", required=True, metavar="COMMAND").add_parser(
+        "synth", help="write an Iris-like CSV of any size (see iris-tfx data synth --help)")
     commands.add_parser("serve", help="TF Serving-compatible model server (see iris-tfx serve --help)")
     commands.add_parser("predict", help="query a model server over gRPC (see iris-tfx predict --help)")
     return parser
@@ -475,7 +481,14 @@ def _propose_schema(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.data):
         print(f"iris-tfx: error: --data {args.data}: no such file", file=sys.stderr)
         return EXIT_FAILED
-    statistics = tfdv.generate_statistics_from_csv(args.data)
+    from components.example_gen import CsvInputError, read_record_batches  # pylint: disable=g-import-not-at-top
+    import pyarrow as pa  # pylint: disable=g-import-not-at-top
+    try:  # the pipeline's own reader: the path taken literally, gzip/BOM/quotes accepted, one-line errors
+        frame = pa.Table.from_batches(list(read_record_batches(args.data))).to_pandas()
+    except CsvInputError as err:
+        print(f"iris-tfx: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    statistics = tfdv.generate_statistics_from_dataframe(frame)
     tfdv.write_schema_text(tfdv.infer_schema(statistics), args.out)
     print(f"Wrote a schema inferred from {args.data} to {args.out}.\n"
           f"Review it against {DEFAULT_SCHEMA} (e.g. diff -u {DEFAULT_SCHEMA} {args.out}); the curated "
