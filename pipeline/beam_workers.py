@@ -33,8 +33,15 @@ PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "tensorflow", "tfx.comp
 _HEADER = struct.Struct("!Q")  # length of the JSON request that follows
 
 _socket_path: Optional[str] = None  # set while forked_workers() is active in this process
+_MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
+_ABSTRACT = "@"  # a socket "path" starting with this names a socket in Linux's abstract namespace
 _active: Optional[Tuple[subprocess.Popen, str]] = None  # the zygote and its temp folder, while active
 _handler_registered = False
+
+
+def _address(path: str) -> str:
+    """The address to bind or connect: the path, or for "@name" the abstract socket "\\0name"."""
+    return "\0" + path[len(_ABSTRACT):] if path.startswith(_ABSTRACT) else path
 
 
 def beam_worker_command() -> str:
@@ -65,8 +72,10 @@ def forked_workers(beam_args: List[str]) -> Iterator[None]:
         return
     folder = tempfile.mkdtemp(prefix="iris-tfx-workers-")
     path = os.path.join(folder, "zygote.sock")
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:  # a long TMPDIR: Linux's abstract namespace has no such limit
+        path = _ABSTRACT + os.path.basename(folder)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(path)  # here, so relays can connect (and wait) from now on
+        listener.bind(_address(path))  # here, so relays can connect (and wait) from now on
         listener.listen(64)
         # stdin is a pipe the zygote watches: it exits when this process closes it or dies. Its own session
         # (process group, shared by the workers it forks): a terminal's Ctrl-C reaches only this process, which
@@ -131,7 +140,7 @@ def relay(path: str) -> int:
     request = json.dumps({"env": dict(os.environ), "cwd": os.getcwd()}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         try:
-            conn.connect(path)
+            conn.connect(_address(path))
         except OSError as e:
             print(f"beam worker relay: cannot reach the worker zygote at {path}: {e}", file=sys.stderr)
             return 1

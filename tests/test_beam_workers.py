@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import apache_beam as beam
 import pytest
@@ -58,6 +59,16 @@ def test_workers_are_forked_from_the_zygote_and_compute_right(tmp_path):
     parents = {parent for _, parent, _ in facts}
     assert all("pipeline.beam_workers serve" in parent for parent in parents), parents
     assert all(tf_loaded for _, _, tf_loaded in facts), "the zygote should have imported TensorFlow already"
+
+
+def test_a_long_temp_dir_still_forks_workers(tmp_path, monkeypatch):
+    """A TMPDIR too long for a Unix socket path (108 bytes) puts the zygote's socket in the abstract namespace."""
+    long_dir = tmp_path / ("t" * 120)
+    long_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_dir))
+    with beam_workers.forked_workers(MULTI):
+        facts = _facts(tmp_path, "long", MULTI)
+    assert all("pipeline.beam_workers serve" in parent for _, parent, _ in facts)
 
 
 def test_outside_the_context_beam_starts_its_own_workers(tmp_path):
