@@ -285,8 +285,6 @@ def test_sigterm_drains_both_transports_and_refuses_new_connections(model, tmp_p
         assert proc.proc.wait(25) == 0, proc.log()
     finally:
         proc.stop()
-    before = [o for sent, o in outcomes if sent < signalled[0] - 0.05]
-    after = [o for sent, o in outcomes if sent >= signalled[0] - 0.05]
     timeline = sorted((round(sent - signalled[0], 4), o) for sent, o in outcomes)
     # sent before the signal: received, so completed; sent after it: completed or refused, and refused once the
     # gRPC listener closed too (a call sent in the 0.25 s settle window may end CANCELLED: not received before)
