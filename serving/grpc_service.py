@@ -59,11 +59,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     millisecond), else in `pool`, where it does not hold up the other requests; with `batching`, every request
     waits for its batch in the pool."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics, pool: Executor, batching: bool = False,
-                 max_request_elements: int = defaults.MAX_REQUEST_ELEMENTS,
-                 max_request_bytes: int = defaults.MAX_REQUEST_BYTES):
+    def __init__(self, manager: ModelManager, metrics: Metrics, pool: Executor, batching: bool = False):
         self.manager, self.metrics, self.pool = manager, metrics, pool
-        self.max_elements, self.max_bytes = max_request_elements, max_request_bytes
         self.inline_max_bytes = -1 if batching else defaults.INLINE_MAX_REQUEST_BYTES
         self.inline_max_elements = -1 if batching else defaults.INLINE_MAX_REQUEST_ELEMENTS
 
@@ -71,7 +68,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         args = (self.manager, self.metrics, api, "grpc", request, fn, spec)
         try:
             try:
-                elements, expanded = inference.check_request(request, self.max_elements, self.max_bytes)
+                elements, expanded = inference.check_request(request, self.manager.max_request_elements,
+                                                             self.manager.max_request_bytes)  # the limits, once
             except ServingError as e:  # refused through call(), so it is counted like any other error
                 return call(*args, prepare=functools.partial(_raise, e))
             if elements <= self.inline_max_elements and request.ByteSize() + expanded <= self.inline_max_bytes:

@@ -73,8 +73,7 @@ class ModelServer:
                    ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=defaults.MAX_CONCURRENT_RPCS)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.manager, self.metrics, self.pool, args.enable_batching,
-                              args.max_request_elements, args.max_request_bytes), server)
+            PredictionService(self.manager, self.metrics, self.pool, args.enable_batching), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelService(self.manager, self.metrics, self.pool, args.enable_model_management), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
