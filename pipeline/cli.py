@@ -272,6 +272,17 @@ class _WorkdirBusy(Exception):
     """Another process holds the workdir's lock."""
 
 
+def _lock_holder(descriptor: int, wait_seconds: float = 2.0) -> str:
+    """The holder's 'pid N, started T' line. It writes that line just after taking the lock, so a run refused in
+    that instant waits briefly for it rather than naming no one."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        holder = os.pread(descriptor, 256, 0).decode(errors="replace").strip()
+        if holder or time.monotonic() > deadline:
+            return holder or "starting up"
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def _workdir_lock(workdir: str) -> Iterator[None]:
     """One run per workdir: an exclusive flock on <workdir>/iris-tfx.lock for the whole run. The kernel
@@ -283,7 +294,7 @@ def _workdir_lock(workdir: str) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(descriptor, 256, 0).decode(errors="replace").strip() or "starting up"
+            holder = _lock_holder(descriptor)
             raise _WorkdirBusy(f"--workdir {workdir}: another iris-tfx run is using it ({holder}); "
                                "wait for it to finish or use another --workdir") from None
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -144,6 +144,23 @@ def _still_running(processes: List[psutil.Process]) -> List[psutil.Process]:
     return [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_a_run_refused_while_the_holder_writes_its_line_still_names_it(tmp_path):
+    # The holder writes "pid N, started T" just after taking the lock; a run refused in between waits for it.
+    import fcntl
+    from pipeline import cli
+    (tmp_path / "work").mkdir()
+    path = tmp_path / "work" / "iris-tfx.lock"
+    with open(path, "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        writer = threading.Timer(0.3, lambda: (holder.write("pid 1, started 2026-11-30 10:00:00 UTC\n"),
+                                               holder.flush()))
+        writer.start()
+        with pytest.raises(cli._WorkdirBusy, match=r"another iris-tfx run is using it \(pid 1, started"):
+            with cli._workdir_lock(str(tmp_path / "work")):
+                pass
+        writer.join()
+
+
 def test_sigterm_stops_the_beam_workers_and_removes_their_temp_folder(tmp_path):
     run = _Run(tmp_path)  # the default multi-processing Beam: a zygote that forks worker processes
     run.wait_for_line("> CsvExampleGen running...")

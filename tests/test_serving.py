@@ -376,7 +376,8 @@ def test_small_grpc_requests_run_on_the_event_loop_large_ones_in_the_pool(batchi
     from serving import defaults
     from serving.grpc_service import PredictionService
     from serving.metrics import Metrics
-    manager = SimpleNamespace(servable=lambda spec: SimpleNamespace(version_str="1"))
+    manager = SimpleNamespace(servable=lambda spec: SimpleNamespace(version_str="1"),
+                              max_request_elements=1 << 30, max_request_bytes=1 << 30)
     small = predict_request([SETOSA])
     large = predict_request([SETOSA] * (defaults.INLINE_MAX_REQUEST_BYTES // 64))  # ~90 bytes per example
     assert large.ByteSize() > defaults.INLINE_MAX_REQUEST_BYTES >= small.ByteSize()
