@@ -1,4 +1,5 @@
 """The single source of feature, label, class and signature names for the whole project."""
+import os
 from typing import Tuple
 
 FEATURE_KEYS: Tuple[str, ...] = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -21,6 +22,22 @@ PROBABILITIES_OUTPUT = "probabilities"       # float [batch, num_classes]
 CLASSES_OUTPUT = "classes"                   # string [batch, num_classes], aligned with probabilities/scores
 PREDICTED_OUTPUT = "species"                 # string [batch], the most probable class
 SCORES_OUTPUT = "scores"                     # float [batch, num_classes] in the classification signature
+
+# Names and default places shared by the pipeline, the server and the CLI (the bottom layer, so neither of the
+# two middle packages imports the other for them).
+PIPELINE_NAME = "iris"
+MODEL_NAME = "iris"                          # the served model's name, and the serving dir's last part
+DEFAULT_DATA = os.path.join("data", "iris.csv")
+DEFAULT_SCHEMA = os.path.join("schema", "schema.pbtxt")
+DEFAULT_WORKDIR = "iris-tfx-work"
+
+
+def default_serving_dir(workdir: str = DEFAULT_WORKDIR, model_name: str = MODEL_NAME) -> str:
+    """Where blessed models are pushed unless told otherwise (and where `iris-tfx serve` looks)."""
+    return os.path.join(workdir, "models", model_name)
+
+
+DEFAULT_SERVING_DIR = default_serving_dir()
 
 
 def transformed_name(key: str) -> str:

@@ -4,21 +4,10 @@ import multiprocessing
 import os
 from typing import List, Optional
 
+from components.constants import (DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_SERVING_DIR, DEFAULT_WORKDIR,  # noqa: F401
+                                  MODEL_NAME, PIPELINE_NAME, default_serving_dir)
 from components.hyperparameters import Hyperparameters
 
-PIPELINE_NAME = "iris"
-DEFAULT_DATA = os.path.join("data", "iris.csv")
-DEFAULT_SCHEMA = os.path.join("schema", "schema.pbtxt")
-DEFAULT_WORKDIR = "iris-tfx-work"
-DEFAULT_MODEL_NAME = "iris"
-
-
-def default_serving_dir(workdir: str = DEFAULT_WORKDIR, model_name: str = DEFAULT_MODEL_NAME) -> str:
-    """Where blessed models are pushed unless told otherwise (and where `iris-tfx serve` looks)."""
-    return os.path.join(workdir, "models", model_name)
-
-
-DEFAULT_SERVING_DIR = default_serving_dir()
 
 
 def default_beam_args() -> List[str]:
@@ -38,7 +27,7 @@ class PipelineConfig:
     schema_path: str = DEFAULT_SCHEMA
     workdir: str = DEFAULT_WORKDIR
     serving_dir: Optional[str] = None  # None: <workdir>/models/<model_name>
-    model_name: str = DEFAULT_MODEL_NAME
+    model_name: str = MODEL_NAME
     pipeline_name: str = PIPELINE_NAME
     accuracy_floor: float = 0.9
     training: Hyperparameters = dataclasses.field(default_factory=Hyperparameters)

@@ -1,9 +1,8 @@
 """Defaults shared by the server, the client and the Kubernetes manifests (TF Serving's own ports)."""
-from pipeline.config import DEFAULT_MODEL_NAME, DEFAULT_SERVING_DIR
+from components.constants import DEFAULT_SERVING_DIR, MODEL_NAME
 
 GRPC_PORT = 8500
 REST_PORT = 8501
-MODEL_NAME = DEFAULT_MODEL_NAME
 MODEL_BASE_PATH = DEFAULT_SERVING_DIR
 
 # Additions for the model server (serving/config.py); TF Serving's defaults where it has one.
