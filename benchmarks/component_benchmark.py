@@ -20,9 +20,7 @@ import time
 from typing import Dict, List, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, REPO)  # this checkout's modules, imported inside the functions below
 
 COMPONENTS = ("StatisticsGen", "Transform", "Evaluator")
 
@@ -164,6 +162,8 @@ def run_once(workdir: str, name: str, beam_args: List[str], out_dir: str) -> Tup
 
 
 def main() -> None:
+    from components import runtime  # pylint: disable=g-import-not-at-top  (this checkout, on sys.path above)
+    runtime.prepare()  # before anything imports TensorFlow
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="workdir of an earlier iris-tfx run")
     parser.add_argument("--component", required=True, choices=COMPONENTS)

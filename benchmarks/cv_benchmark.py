@@ -22,17 +22,14 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+# This checkout's modules, imported inside the functions below (after runtime.prepare(), in main).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from components import constants  # noqa: E402
-from components.hyperparameters import Hyperparameters  # noqa: E402
 
 Rows = List[Dict[str, np.ndarray]]
 
 
 def load_rows(path: str) -> Rows:
+    from components import constants  # pylint: disable=g-import-not-at-top
     with open(path, newline="") as f:
         return [{k: np.array([float(r[k])], np.float32) for k in constants.FEATURE_KEYS}
                 | {constants.LABEL_KEY: np.array([r[constants.LABEL_KEY].encode()])}
@@ -56,7 +53,8 @@ def evaluate_fold(args) -> float:
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
-    from components import trainer, transform
+    from components import constants, trainer, transform
+    from components.hyperparameters import Hyperparameters
 
     schema = tfdv.load_schema_text(schema_path)
     metadata = dataset_metadata.DatasetMetadata(schema)
@@ -90,7 +88,8 @@ def evaluate_fold(args) -> float:
 def synthetic(rows: int, seed: int, overrides: Dict[str, object]) -> None:
     """Trainer time, budget and accuracy vs QDA on `rows` synthetic rows (train 4/5, eval 1/5)."""
     import tensorflow as tf
-    from components import trainer
+    from components import constants, trainer
+    from components.hyperparameters import Hyperparameters
     from pipeline import synth
 
     x, y = map(np.concatenate, zip(*synth.chunks(synth.fit(), rows, seed)))
@@ -125,6 +124,9 @@ def synthetic(rows: int, seed: int, overrides: Dict[str, object]) -> None:
 
 
 def main() -> None:
+    from components import runtime  # pylint: disable=g-import-not-at-top
+    runtime.prepare()  # before anything imports TensorFlow
+    from components.hyperparameters import Hyperparameters  # pylint: disable=g-import-not-at-top
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/iris.csv")
     parser.add_argument("--schema", default="schema/schema.pbtxt")

@@ -18,9 +18,7 @@ import time
 from typing import Dict, List
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, REPO)  # this checkout's modules, imported inside the functions below
 
 EXECUTORS = {"new": "components.example_gen.Executor",
              "old": "tfx.components.example_gen.csv_example_gen.executor.Executor"}
@@ -98,6 +96,8 @@ def run_one(executor_name: str, data: str, mode: str) -> Dict[str, float]:
 
 
 def main() -> int:
+    from components import runtime  # pylint: disable=g-import-not-at-top  (this checkout, on sys.path above)
+    runtime.prepare()  # before anything imports TensorFlow
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[150_000, 1_500_000])
     parser.add_argument("--executor", nargs="+", choices=sorted(EXECUTORS), default=["new", "old"])

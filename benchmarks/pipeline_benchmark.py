@@ -13,10 +13,12 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, REPO)  # this checkout's modules, imported inside main
 
 
 def main() -> None:
+    from components import runtime  # pylint: disable=g-import-not-at-top  (this checkout, on sys.path above)
+    runtime.prepare()  # before anything imports TensorFlow
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reruns", type=int, default=1)
     parser.add_argument("run_args", nargs="*", help="extra arguments for iris-tfx run (after --)")

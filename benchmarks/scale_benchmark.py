@@ -25,12 +25,7 @@ import numpy as np
 import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from components import constants  # noqa: E402
-from pipeline import synth  # noqa: E402
+sys.path.insert(0, REPO)  # this checkout's modules, imported inside the functions below
 
 FISHER_ROWS = 150
 COMPONENTS = ("CsvExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator")
@@ -68,6 +63,7 @@ class TreeRss:
 def split_arrays(workdir: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
     """Features [n, 4] and species ids [n] of one ExampleGen split, read back from its tf.Example files."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only after the runs)
+    from components import constants  # pylint: disable=g-import-not-at-top
     files = glob.glob(os.path.join(workdir, "pipeline_root", "CsvExampleGen", "examples", "*", f"Split-{split}", "*"))
     spec = {k: tf.io.FixedLenFeature([], tf.float32) for k in constants.FEATURE_KEYS}
     spec[constants.LABEL_KEY] = tf.io.FixedLenFeature([], tf.string)
@@ -89,6 +85,7 @@ def training_record(workdir: str) -> Dict[str, float]:
 
 def run_once(rows: int, data: str, run_args: List[str]) -> Dict[str, object]:
     """One cold run in a fresh workdir; returns its figures."""
+    from pipeline import synth  # pylint: disable=g-import-not-at-top
     from pipeline.summary import summarize  # pylint: disable=g-import-not-at-top
     workdir = tempfile.mkdtemp(prefix=f"iris-scale-{rows}-")
     command = [os.path.join(os.path.dirname(sys.executable), "iris-tfx"), "run", "--data", data,
@@ -134,6 +131,9 @@ def report(result: Dict[str, object]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    from components import runtime  # pylint: disable=g-import-not-at-top  (this checkout, on sys.path above)
+    runtime.prepare()  # before anything imports TensorFlow
+    from pipeline import synth  # pylint: disable=g-import-not-at-top
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="150,15000,150000,1500000", help="comma-separated row counts")
     parser.add_argument("--seed", type=int, default=0)

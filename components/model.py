@@ -1,11 +1,7 @@
-"""The Keras classifier and the tf.distribute strategy it is built under."""
-import json
-import os
-from typing import List
-
+"""The Keras classifier: built for training, recompiled for export (the runtime and strategy: runtime.py)."""
 import tensorflow as tf
 
-from components import constants
+from components import constants, runtime
 
 
 def build_model(num_classes: int, hidden_units: int = 8, learning_rate: float = 0.01, l2: float = 0.0,
@@ -15,7 +11,7 @@ def build_model(num_classes: int, hidden_units: int = 8, learning_rate: float = 
     Compiled for training: dropout on the hidden layer and label smoothing regularise the fit (Iris'
     versicolor and virginica overlap; without them a few boundary rows drive the logits apart). Call
     compile_for_export once trained."""
-    skip_autograph_for_tf_keras()
+    runtime.skip_autograph_for_tf_keras()
     inputs = {
         constants.transformed_name(key): tf.keras.layers.Input(
             shape=(), name=constants.transformed_name(key), dtype=tf.float32)
@@ -70,42 +66,3 @@ class SmoothedSparseCategoricalCrossentropy(tf.keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
-
-def skip_autograph_for_tf_keras() -> None:
-    """TF 2.16 tells AutoGraph to leave `keras` alone but not `tf_keras` (Keras 2), so every first
-    trace transpiles Keras' own source: ~10 s per model on these CPUs. Same rule, for tf_keras."""
-    from tensorflow.python.autograph.core import config  # pylint: disable=g-import-not-at-top
-    rule = config.DoNotConvert("tf_keras")
-    if str(rule) not in map(str, config.CONVERSION_RULES):
-        config.CONVERSION_RULES = (rule,) + config.CONVERSION_RULES
-
-
-def cluster_workers(tf_config: str) -> List[str]:
-    """Addresses of the chief and workers named by a TF_CONFIG JSON string (empty if none)."""
-    cluster = json.loads(tf_config or "{}").get("cluster", {})
-    return list(cluster.get("chief", [])) + list(cluster.get("worker", []))
-
-
-def select_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
-    """MultiWorkerMirrored if TF_CONFIG names >1 worker, else Mirrored over GPUs (or N logical CPUs), else default."""
-    if len(cluster_workers(os.environ.get("TF_CONFIG", ""))) > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if tf.config.list_physical_devices("GPU"):
-        return tf.distribute.MirroredStrategy()  # all visible GPUs
-    if cpu_replicas > 1:
-        return tf.distribute.MirroredStrategy(logical_cpus(cpu_replicas))
-    return tf.distribute.get_strategy()
-
-
-def logical_cpus(count: int) -> List[str]:
-    """Names of `count` logical CPU devices, splitting the physical CPU if TF is not yet initialised."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    if len(tf.config.get_logical_device_configuration(cpu) or []) < count:
-        try:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
-        except RuntimeError as err:  # the runtime is initialised: devices can no longer change
-            raise RuntimeError(
-                f"cannot create {count} logical CPU devices: TensorFlow was initialised before the "
-                f"strategy was chosen ({err}); set cpu_replicas before any TensorFlow work runs") from err
-    return [device.name for device in tf.config.list_logical_devices("CPU")[:count]]

@@ -11,10 +11,12 @@ import os
 import sys
 from typing import List, Optional
 
+from components import runtime
 from components.hyperparameters import Hyperparameters
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    runtime.prepare()  # before TensorFlow is imported (below, after the flags are parsed)
     defaults = Hyperparameters()
     parser = argparse.ArgumentParser(prog="python -m components.train_standalone", description=__doc__)
     parser.add_argument("--transformed-examples", required=True,
@@ -29,8 +31,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     hparams = Hyperparameters(**{f.name: getattr(args, f.name) for f in dataclasses.fields(defaults)})
     import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-    from components import model as model_lib, trainer  # pylint: disable=g-import-not-at-top
-    strategy = model_lib.select_strategy(hparams.cpu_replicas)  # first: collectives need an unused runtime
+    from components import trainer  # pylint: disable=g-import-not-at-top
+    strategy = runtime.select_strategy(hparams.cpu_replicas)  # first: collectives need an unused runtime
     from tfx.components.trainer.fn_args_utils import DataAccessor  # pylint: disable=g-import-not-at-top
     from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
 

@@ -12,7 +12,7 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from components import constants, model as model_lib
+from components import constants, model as model_lib, runtime
 from components.hyperparameters import TRAINING_RECORD, Hyperparameters
 
 
@@ -20,7 +20,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """TFX entry point: train on the transformed train split within the budget, early-stopping on the eval
     split; export to fn_args.serving_model_dir and record what was used in <model_run_dir>/training.json."""
     hparams = Hyperparameters.from_custom_config(fn_args.custom_config)
-    strategy = model_lib.select_strategy(hparams.cpu_replicas)  # first: collectives need an unused runtime
+    strategy = runtime.select_strategy(hparams.cpu_replicas)  # first: collectives need an unused runtime
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     num_examples = count_examples(fn_args.train_files)
     budget = hparams.budget(num_examples, strategy.num_replicas_in_sync)
@@ -74,7 +74,7 @@ def train(strategy: tf.distribute.Strategy, dataset_fn: Callable[[tf.distribute.
 def fit(strategy: tf.distribute.Strategy, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
         num_examples: int, num_classes: int, hparams: Hyperparameters, log_dir: Optional[str] = None,
         eval_data: Optional[Tuple[tf.data.Dataset, int]] = None) -> Tuple[tf.keras.Model, TrainingRecord]:
-    """Seeds, builds the model inside the strategy (see model.select_strategy) and fits it within the budget.
+    """Seeds, builds the model inside the strategy (see runtime.select_strategy) and fits it within the budget.
 
     dataset_fn must batch by hparams.budget(num_examples, replicas).batch_per_replica. eval_data, (global
     batches, number of examples): early stopping on its loss, keeping the best round's weights."""

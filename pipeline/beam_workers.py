@@ -27,6 +27,8 @@ import threading
 import traceback
 from typing import Iterator, List, Optional, Tuple
 
+from components import runtime
+
 # What the components' Beam DoFns import in a worker (tfx.components pulls in TFDV, TFT and TFMA).
 PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "tensorflow", "tfx.components",
            "tensorflow_transform.beam", "tensorflow_model_analysis", "tensorflow_data_validation")
@@ -156,10 +158,10 @@ def relay(path: str) -> int:
 def serve(listener_fd: int) -> int:
     """The zygote: import what workers need once, then fork one worker per relay request until stdin closes."""
     listener = socket.socket(fileno=listener_fd)
+    runtime.prepare()  # normally inherited from the run's process; needed when started some other way
     for module in PRELOAD:
         __import__(module)
-    from components.model import skip_autograph_for_tf_keras  # pylint: disable=g-import-not-at-top
-    skip_autograph_for_tf_keras()  # TFMA's metrics in Evaluator workers trace tf_keras code
+    runtime.skip_autograph_for_tf_keras()  # TFMA's metrics in Evaluator workers trace tf_keras code
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked workers are reaped automatically
     with selectors.DefaultSelector() as selector:
         selector.register(listener, selectors.EVENT_READ)

@@ -23,11 +23,11 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from typing import Callable, Iterator, List, Optional, Set
 
 import psutil
 
+from components import runtime
 from components.hyperparameters import Hyperparameters
 from pipeline import beam_workers
 from pipeline.beam_workers import forked_workers
@@ -40,9 +40,8 @@ EXIT_BUSY = 4         # another run holds the workdir's lock: this one did nothi
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    runtime.prepare()  # first: before anything imports TensorFlow
     argv = sys.argv[1:] if argv is None else argv
-    # Google's client libraries (pulled in by TFX) warn about Python 3.10 on import: not the user's concern.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
     # serve/predict take TF Serving's own flags: hand them over untouched.
     if argv and argv[0] == "serve":
         from serving import server
@@ -211,8 +210,7 @@ def _run_pipeline(args: argparse.Namespace, progress: "_ProgressHandler"):
         from pipeline import runners  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
         try:
             if args.cpu_replicas > 1:
-                from components.model import logical_cpus  # pylint: disable=g-import-not-at-top
-                logical_cpus(args.cpu_replicas)  # before any TensorFlow work: devices cannot change later
+                runtime.logical_cpus(args.cpu_replicas)  # before any TensorFlow work: devices cannot change later
             runners.RUNNERS[args.runner](config)
         except Exception as err:  # pylint: disable=broad-except  (reported by the caller, with MLMD's record)
             failure = err

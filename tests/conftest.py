@@ -1,4 +1,7 @@
-"""Shared fixtures: one real pipeline run (the `iris-tfx run` command) for every test that needs a model."""
+"""Shared fixtures: one real pipeline run (the `iris-tfx run` command) for every test that needs a model.
+
+pytest loads this file before any test module: runtime.prepare() here comes before anything imports TensorFlow,
+and the processes the tests start inherit its environment."""
 import os
 import pathlib
 import shutil
@@ -8,8 +11,9 @@ from typing import List
 
 import pytest
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from components import runtime
+
+runtime.prepare()  # first statement: none of the imports above imports TensorFlow
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IRIS_CSV = REPO / "data" / "iris.csv"

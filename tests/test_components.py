@@ -16,7 +16,7 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-from components import constants, model as model_lib, trainer, transform, validation
+from components import constants, model as model_lib, runtime, trainer, transform, validation
 from components.hyperparameters import Hyperparameters
 from conftest import IRIS_CSV, REPO
 
@@ -104,14 +104,14 @@ def test_trained_model_is_compiled_with_builtin_sparse_loss(exported):
 
 
 def test_cluster_workers_reads_tf_config():
-    assert model_lib.cluster_workers("") == []
+    assert runtime.cluster_workers("") == []
     config = {"cluster": {"chief": ["a:1"], "worker": ["b:2", "c:3"]}, "task": {"type": "worker", "index": 0}}
-    assert model_lib.cluster_workers(json.dumps(config)) == ["a:1", "b:2", "c:3"]
+    assert runtime.cluster_workers(json.dumps(config)) == ["a:1", "b:2", "c:3"]
 
 
 def test_default_strategy_without_gpus_or_cluster(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    strategy = model_lib.select_strategy()
+    strategy = runtime.select_strategy()
     assert strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1
 
 
@@ -124,9 +124,9 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
 def test_mirrored_strategy_over_two_logical_cpus_trains_with_a_scaled_batch():
     result = _run_python("""
         import numpy as np, tensorflow as tf
-        from components import constants, model as model_lib, trainer
+        from components import constants, runtime, trainer
         from components.hyperparameters import Hyperparameters
-        strategy = model_lib.select_strategy(cpu_replicas=2)
+        strategy = runtime.select_strategy(cpu_replicas=2)
         print("STRATEGY", type(strategy).__name__, strategy.num_replicas_in_sync)
         x = {constants.transformed_name(k): np.random.RandomState(0).randn(64).astype("float32")
              for k in constants.FEATURE_KEYS}
@@ -151,9 +151,9 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_with_a_scaled_batch():
 def test_logical_cpus_after_initialisation_is_a_clear_error():
     result = _run_python("""
         import tensorflow as tf
-        from components import model as model_lib
+        from components import runtime
         tf.constant(1.0) + 1  # initialises the runtime with one CPU device
-        model_lib.logical_cpus(2)
+        runtime.logical_cpus(2)
     """)
     assert result.returncode != 0 and "cannot create 2 logical CPU devices" in result.stderr
 
