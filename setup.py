@@ -7,8 +7,8 @@ setup(
     description="TFX pipeline (Iris CSV -> validated, trained, evaluated, pushed Keras model) and a "
                 "TensorFlow Serving-compatible server and client",
     python_requires=">=3.9,<3.11",
-    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
-                                    "serving", "serving.*"]),
+    packages=find_packages(include=["iris_tfx", "iris_tfx.*", "pipeline", "pipeline.*", "components",
+                                    "components.*", "serving", "serving.*"]),
     install_requires=[
         # Exact versions of everything (and of their dependencies) are pinned in requirements.lock.
         "tfx[kfp]==1.16.0",
@@ -27,5 +27,5 @@ setup(
         "orjson==3.13.0",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "kubernetes-validate"]},
-    entry_points={"console_scripts": ["iris-tfx=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["iris-tfx=iris_tfx.main:main"]},
 )

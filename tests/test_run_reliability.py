@@ -147,7 +147,7 @@ def _still_running(processes: List[psutil.Process]) -> List[psutil.Process]:
 def test_a_run_refused_while_the_holder_writes_its_line_still_names_it(tmp_path):
     # The holder writes "pid N, started T" just after taking the lock; a run refused in between waits for it.
     import fcntl
-    from pipeline import cli
+    from iris_tfx import run
     (tmp_path / "work").mkdir()
     path = tmp_path / "work" / "iris-tfx.lock"
     with open(path, "w") as holder:
@@ -155,8 +155,8 @@ def test_a_run_refused_while_the_holder_writes_its_line_still_names_it(tmp_path)
         writer = threading.Timer(0.3, lambda: (holder.write("pid 1, started 2026-11-30 10:00:00 UTC\n"),
                                                holder.flush()))
         writer.start()
-        with pytest.raises(cli._WorkdirBusy, match=r"another iris-tfx run is using it \(pid 1, started"):
-            with cli._workdir_lock(str(tmp_path / "work")):
+        with pytest.raises(run.WorkdirBusy, match=r"another iris-tfx run is using it \(pid 1, started"):
+            with run.workdir_lock(str(tmp_path / "work")):
                 pass
         writer.join()
 
