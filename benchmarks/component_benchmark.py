@@ -134,11 +134,12 @@ def run_once(workdir: str, name: str, beam_args: List[str], out_dir: str) -> Tup
     from tfx.types import channel as channel_lib  # pylint: disable=g-import-not-at-top
     from pipeline import beam_workers  # pylint: disable=g-import-not-at-top
     from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
-    from pipeline.pipeline import _sqlite_metadata, create_pipeline  # pylint: disable=g-import-not-at-top
+    from pipeline.config import sqlite_metadata  # pylint: disable=g-import-not-at-top
+    from pipeline.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
 
     config = PipelineConfig(workdir=workdir, beam_pipeline_args=beam_args, use_resolver=False)
     component = next(c for c in create_pipeline(config).components if c.id == name)
-    store = mlmd.MetadataStore(_sqlite_metadata(config.metadata_path))
+    store = mlmd.MetadataStore(sqlite_metadata(config.metadata_path))
     inputs = {}
     for key, chan in component.inputs.items():
         if not isinstance(chan, channel_lib.Channel) or not chan.producer_component_id:
@@ -172,12 +173,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the outputs (printed) instead of deleting them")
     args = parser.parse_args()
     import ml_metadata as mlmd  # pylint: disable=g-import-not-at-top
-    from pipeline.config import PipelineConfig, default_beam_args  # pylint: disable=g-import-not-at-top
-    from pipeline.pipeline import _sqlite_metadata  # pylint: disable=g-import-not-at-top
+    from pipeline.config import PipelineConfig, default_beam_args, sqlite_metadata  # pylint: disable=g-import-not-at-top
 
     beam_args = args.beam_args if args.beam_args is not None else default_beam_args()
     config = PipelineConfig(workdir=args.workdir)
-    store = mlmd.MetadataStore(_sqlite_metadata(config.metadata_path))
+    store = mlmd.MetadataStore(sqlite_metadata(config.metadata_path))
     statistics = _tfx_artifacts(store, _latest_outputs(store, config.pipeline_name, "StatisticsGen")["statistics"])[0]
     counts = _row_counts(statistics)
     rows = counts.get("eval", 0) if args.component == "Evaluator" else sum(counts.values())

@@ -26,10 +26,11 @@ from typing import Iterator, Optional, Set
 import psutil
 
 from components import runtime
+from components.constants import DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, default_serving_dir
 from components.hyperparameters import Hyperparameters
 from iris_tfx import console, flags
 from pipeline import beam_workers
-from pipeline.config import DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, PipelineConfig, default_serving_dir
+from pipeline.config import PipelineConfig
 
 EXIT_FAILED = 1       # a component failed (bad input, bad config, ...): nothing was pushed
 EXIT_NOT_BLESSED = 3  # the run completed but the model did not pass evaluation: nothing was pushed

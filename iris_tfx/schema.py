@@ -2,8 +2,8 @@
 import argparse
 import os
 
+from components.constants import DEFAULT_DATA, DEFAULT_SCHEMA
 from iris_tfx import console
-from pipeline.config import DEFAULT_DATA, DEFAULT_SCHEMA
 
 EXIT_FAILED = 1  # the data could not be read
 

@@ -2,12 +2,14 @@
 import dataclasses
 import multiprocessing
 import os
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-from components.constants import (DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_SERVING_DIR, DEFAULT_WORKDIR,  # noqa: F401
-                                  MODEL_NAME, PIPELINE_NAME, default_serving_dir)
+from components.constants import (DEFAULT_DATA, DEFAULT_SCHEMA, DEFAULT_WORKDIR, MODEL_NAME, PIPELINE_NAME,
+                                  default_serving_dir)
 from components.hyperparameters import Hyperparameters
 
+if TYPE_CHECKING:  # annotations only: the CLI imports this module for every command, so it stays light
+    from ml_metadata.proto import metadata_store_pb2
 
 
 def default_beam_args() -> List[str]:
@@ -18,6 +20,18 @@ def default_beam_args() -> List[str]:
     args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={multiprocessing.cpu_count()}"]
     setup_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
     return args + [f"--setup_file={setup_file}"] if os.path.isfile(setup_file) else args
+
+
+def sqlite_metadata(path: str) -> "metadata_store_pb2.ConnectionConfig":
+    """The ML Metadata connection to a SQLite file, for the pipeline and for readers of its records.
+
+    TFX's sqlite_metadata_connection_config does the same but also makes the file's directory: building a
+    pipeline, or reading a workdir that is not there, must not create it (the run's lock creates the workdir)."""
+    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top,redefined-outer-name
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    return config
 
 
 @dataclasses.dataclass

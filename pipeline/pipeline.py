@@ -2,7 +2,6 @@
 import dataclasses
 
 import tensorflow_model_analysis as tfma
-from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
@@ -11,7 +10,7 @@ from components import constants
 from components import example_gen as example_gen_executor
 from components.baseline import CANDIDATE_KEY, PreviousBlessedModelStrategy
 from components.validation import AnomaliesGate
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, sqlite_metadata
 
 PREPROCESSING_FN = "components.transform.preprocessing_fn"
 RUN_FN = "components.trainer.run_fn"
@@ -78,16 +77,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_root=config.pipeline_root,
         components=components,
         enable_cache=config.enable_cache,
-        metadata_connection_config=_sqlite_metadata(config.metadata_path),
+        metadata_connection_config=sqlite_metadata(config.metadata_path),
         beam_pipeline_args=list(config.beam_pipeline_args))
-
-
-def _sqlite_metadata(path: str) -> metadata_store_pb2.ConnectionConfig:
-    """What tfx's sqlite_metadata_connection_config returns, without its makedirs side effect."""
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    return config
 
 
 def eval_config(accuracy_floor: float, compare_to_baseline: bool) -> tfma.EvalConfig:
