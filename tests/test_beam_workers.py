@@ -52,6 +52,7 @@ def test_only_the_multi_processing_direct_runner_uses_the_zygote(args, expected)
     assert beam_workers.uses_subprocess_workers(args) is expected
 
 
+@pytest.mark.e2e
 def test_workers_are_forked_from_the_zygote_and_compute_right(tmp_path):
     with beam_workers.forked_workers(MULTI):
         facts = _facts(tmp_path, "forked", MULTI)
@@ -61,6 +62,7 @@ def test_workers_are_forked_from_the_zygote_and_compute_right(tmp_path):
     assert all(tf_loaded for _, _, tf_loaded in facts), "the zygote should have imported TensorFlow already"
 
 
+@pytest.mark.e2e
 def test_a_long_temp_dir_still_forks_workers(tmp_path, monkeypatch):
     """A TMPDIR too long for a Unix socket path (108 bytes) puts the zygote's socket in the abstract namespace."""
     long_dir = tmp_path / ("t" * 120)
@@ -71,6 +73,7 @@ def test_a_long_temp_dir_still_forks_workers(tmp_path, monkeypatch):
     assert all("pipeline.beam_workers serve" in parent for _, parent, _ in facts)
 
 
+@pytest.mark.e2e
 def test_outside_the_context_beam_starts_its_own_workers(tmp_path):
     with beam_workers.forked_workers(MULTI):
         pass  # registers the handler; it must fall back to Beam's own command once the zygote is gone
@@ -79,6 +82,7 @@ def test_outside_the_context_beam_starts_its_own_workers(tmp_path):
     assert not any(tf_loaded for _, _, tf_loaded in facts)
 
 
+@pytest.mark.e2e
 def test_zygote_stops_with_the_context():
     with beam_workers.forked_workers(MULTI):
         path = beam_workers._socket_path  # pylint: disable=protected-access
@@ -90,6 +94,7 @@ def test_zygote_stops_with_the_context():
     assert out.stdout.strip() == "", "the zygote outlived forked_workers()"
 
 
+@pytest.mark.e2e
 def test_relay_without_a_zygote_fails_clearly(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline.beam_workers", "relay", str(tmp_path / "none.sock")],
                             capture_output=True, text=True, timeout=60)

@@ -2,11 +2,14 @@
 import csv
 import gzip
 
+import pytest
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components import constants
 from conftest import IRIS_CSV, iris_tfx
+
+pytestmark = pytest.mark.e2e  # every test here starts iris-tfx or training processes
 
 
 def test_data_synth_writes_the_rows_asked_for(tmp_path):

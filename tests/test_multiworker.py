@@ -13,6 +13,8 @@ import tensorflow as tf
 from components import constants
 from conftest import REPO
 
+pytestmark = pytest.mark.e2e  # every test here starts iris-tfx or training processes
+
 
 def _eval_examples(workdir):
     files = glob.glob(str(workdir / "pipeline_root" / "CsvExampleGen" / "examples" / "*" / "Split-eval" / "*.gz"))

@@ -11,6 +11,8 @@ import pytest
 from components import constants
 from conftest import FAST_BEAM, IRIS_CSV, iris_tfx
 
+pytestmark = pytest.mark.e2e  # every test here starts iris-tfx or training processes
+
 # (row number in data/iris.csv counting from 1, expected species): one clear sample of each class.
 KNOWN_SAMPLES = [(1, "setosa"), (51, "versicolor"), (101, "virginica"), (150, "virginica")]
 

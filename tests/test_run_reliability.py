@@ -21,6 +21,7 @@ PUSHED = re.compile(r"^Pushed: (\S+) \(version (\d+)\)$", re.M)
 
 # --- command-line values ----------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag, value, expected", [
     ("--epochs", "-5", "argument --epochs: must be an integer >= 1 (got -5)"),
     ("--epochs", "0", "argument --epochs: must be an integer >= 1 (got 0)"),
@@ -37,6 +38,7 @@ def test_out_of_range_values_are_refused(flag, value, expected, tmp_path):
     assert not workdir.exists()
 
 
+@pytest.mark.e2e
 def test_kubeflow_compile_refuses_an_accuracy_floor_above_one(tmp_path):
     output = tmp_path / "pipeline.yaml"
     result = iris_tfx("kubeflow", "compile", "--image", "registry.example.com/iris-tfx:0.1.0",
@@ -49,6 +51,7 @@ def test_kubeflow_compile_refuses_an_accuracy_floor_above_one(tmp_path):
 
 # --- unwritable directories -------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag", ["--workdir", "--serving-dir"])
 def test_a_directory_under_a_file_fails_before_any_component(flag, tmp_path):
     blocker = tmp_path / "a-file"
@@ -61,6 +64,7 @@ def test_a_directory_under_a_file_fails_before_any_component(flag, tmp_path):
     assert "running" not in result.stdout and not (tmp_path / "work").exists()
 
 
+@pytest.mark.e2e
 def test_a_serving_dir_that_cannot_be_written_fails_before_any_component(tmp_path):
     # Even root cannot create files in /proc, so the probe file fails where chmod would not.
     result = iris_tfx("run", "--workdir", str(tmp_path / "work"), "--serving-dir", "/proc/iris-tfx-test/iris",
@@ -76,6 +80,7 @@ def _versions(serving_dir: pathlib.Path) -> List[str]:
     return sorted(p.name for p in serving_dir.iterdir()) if serving_dir.exists() else []
 
 
+@pytest.mark.e2e
 def test_two_runs_started_together_on_one_workdir(tmp_path):
     workdir = tmp_path / "work"
     command = [iris_tfx_command(), "run", "--workdir", str(workdir), *FAST_BEAM]
@@ -161,6 +166,7 @@ def test_a_run_refused_while_the_holder_writes_its_line_still_names_it(tmp_path)
         writer.join()
 
 
+@pytest.mark.e2e
 def test_sigterm_stops_the_beam_workers_and_removes_their_temp_folder(tmp_path):
     run = _Run(tmp_path)  # the default multi-processing Beam: a zygote that forks worker processes
     run.wait_for_line("> CsvExampleGen running...")
@@ -177,6 +183,7 @@ def test_sigterm_stops_the_beam_workers_and_removes_their_temp_folder(tmp_path):
     assert not (run.workdir / "models" / "iris").exists()
 
 
+@pytest.mark.e2e
 def test_sigint_during_training_pushes_nothing_and_a_rerun_succeeds(tmp_path):
     run = _Run(tmp_path, *FAST_BEAM)
     run.wait_for_line("> Trainer running...")
