@@ -45,6 +45,7 @@ def transformed(tmp_path_factory):
     return rows, data, tft.TFTransformOutput(str(tmp / "transform_graph"))
 
 
+@pytest.mark.e2e
 def test_preprocessing_fn_z_scores_measurements_and_encodes_species(transformed):
     rows, data, tf_transform_output = transformed
     assert set(data[0]) == {constants.transformed_name(k) for k in constants.FEATURE_KEYS} | {LABEL_XF}
@@ -57,6 +58,7 @@ def test_preprocessing_fn_z_scores_measurements_and_encodes_species(transformed)
     assert [vocabulary[d[LABEL_XF]] for d in data] == [r[constants.LABEL_KEY][0].decode() for r in rows]
 
 
+@pytest.mark.e2e
 def test_preprocessing_fn_on_a_handful_of_rows():
     rows = _raw_rows(3)  # three setosa rows: the vocabulary and the statistics come from these alone
     metadata = dataset_metadata.DatasetMetadata(tfdv.load_schema_text(SCHEMA))
@@ -94,6 +96,7 @@ def test_build_model_dropout_and_label_smoothing():
     assert "dropout" not in [layer.name for layer in model_lib.build_model(num_classes=3).layers]
 
 
+@pytest.mark.e2e
 def test_trained_model_is_compiled_with_builtin_sparse_loss(exported):
     """Label smoothing trains the model; the SavedModel names only built-in Keras objects (TFMA reloads it)."""
     with open(os.path.join(exported, "keras_metadata.pb"), "rb") as f:
@@ -121,6 +124,7 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
 
 
+@pytest.mark.e2e
 def test_mirrored_strategy_over_two_logical_cpus_trains_with_a_scaled_batch():
     result = _run_python("""
         import numpy as np, tensorflow as tf
@@ -148,6 +152,7 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_with_a_scaled_batch():
     assert float(accuracy) > 0.9
 
 
+@pytest.mark.e2e
 def test_logical_cpus_after_initialisation_is_a_clear_error():
     result = _run_python("""
         import tensorflow as tf
@@ -187,6 +192,7 @@ def _examples(rows, with_label=False):
         k: feature(k, r[k]) for k in keys})).SerializeToString() for r in rows])
 
 
+@pytest.mark.e2e
 def test_signatures_return_probabilities_and_class_names(exported):
     rows = [_raw_rows()[i] for i in (0, 50, 100)]
     signatures = tf.saved_model.load(exported).signatures
@@ -217,6 +223,7 @@ def test_signatures_return_probabilities_and_class_names(exported):
     assert [classes[0][i].decode() for i in label_ids] == ["setosa", "versicolor", "virginica"]
 
 
+@pytest.mark.e2e
 def test_classification_signature_has_tf_serving_method_name(exported):
     from tensorflow.core.protobuf import saved_model_pb2
     with open(os.path.join(exported, "saved_model.pb"), "rb") as f:
@@ -226,6 +233,7 @@ def test_classification_signature_has_tf_serving_method_name(exported):
     assert set(signature_defs[constants.RAW_SIGNATURE].inputs) == set(constants.FEATURE_KEYS)
 
 
+@pytest.mark.e2e
 def test_training_is_deterministic(transformed):
     _, data, _ = transformed
     x = {k: np.array([d[k] for d in data], np.float32) for k in data[0] if k != LABEL_XF}
@@ -241,6 +249,7 @@ def test_training_is_deterministic(transformed):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.e2e
 def test_describe_anomalies_names_feature_and_problem():
     schema = tfdv.load_schema_text(SCHEMA)
     rows = "sepal_length,sepal_width,petal_length,petal_width,species\n5.1,3.5,-1.4,0.2,daisy\n"

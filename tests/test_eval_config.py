@@ -58,6 +58,7 @@ def _metric(slicing_metrics, slice_key, name):
     raise AssertionError(f"no slice {slice_key} in {[k for k, _ in slicing_metrics]}")
 
 
+@pytest.mark.e2e
 def test_metrics_equal_a_plain_count_of_the_predictions(pushed_model, eval_examples, tfma_result):
     result, validation = tfma_result
     labels, predicted, _ = _expected(pushed_model, eval_examples)
@@ -74,6 +75,7 @@ def test_metrics_equal_a_plain_count_of_the_predictions(pushed_model, eval_examp
     assert validation.validation_ok, validation
 
 
+@pytest.mark.e2e
 def test_confusion_matrix_counts_each_label_and_prediction_pair(pushed_model, eval_examples, tfma_result):
     result, _ = tfma_result
     labels, predicted, classes = _expected(pushed_model, eval_examples)
@@ -99,6 +101,7 @@ def test_default_beam_args_build_no_tfx_package_per_component(tmp_path):
     assert not [arg for arg in beam_args if arg.startswith("--extra_package")], beam_args
 
 
+@pytest.mark.e2e
 def test_transform_writes_no_statistics(pipeline_run):
     transform = pipeline_run.workdir / "pipeline_root" / "Transform"
     assert list(transform.glob("transformed_examples/*/Split-train/*"))

@@ -166,6 +166,7 @@ def test_literal_input_names_exactly_one_file_for_tfx(directory, tmp_path):
 
 # --- the same tf.Examples and splits as TFX's CsvExampleGen ---------------------------------------
 
+@pytest.mark.e2e
 def test_examples_and_splits_are_those_of_tfx_csv_example_gen(tmp_path):
     import tensorflow as tf
     from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
@@ -206,6 +207,7 @@ def test_examples_and_splits_are_those_of_tfx_csv_example_gen(tmp_path):
     assert 20 <= len(written["eval"]) <= 40
 
 
+@pytest.mark.e2e
 def test_executor_reports_a_bad_file_in_one_line(tmp_path):
     from tfx.proto import example_gen_pb2
     from tfx.types import standard_artifacts
@@ -230,6 +232,7 @@ def test_executor_reports_a_bad_file_in_one_line(tmp_path):
 
 # --- end to end ----------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_run_reads_the_file_named_not_a_glob_match(tmp_path):
     # The scenario: iris[1].csv beside iris1.csv. iris[1].csv is bad here, so reading iris1.csv instead
     # (as a glob would) shows as a successful run.
@@ -244,6 +247,7 @@ def test_run_reads_the_file_named_not_a_glob_match(tmp_path):
             "a number\nNo model was pushed.") in result.stderr, result.stderr
 
 
+@pytest.mark.e2e
 def test_run_on_a_gzipped_excel_style_csv_pushes_a_model(tmp_path):
     # gzip'd, with a byte-order mark, quoted header and fields and CRLF, under a name with glob characters,
     # beside a look-alike that is not a CSV at all.

@@ -10,6 +10,9 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from components import constants, validation
 from conftest import IRIS_CSV, REPO
 
+# Every test computes TFDV statistics with a Beam job.
+pytestmark = pytest.mark.e2e
+
 SCHEMA = tfdv.load_schema_text(str(REPO / "schema" / "schema.pbtxt"))
 
 

@@ -195,7 +195,7 @@ def test_serving_image_is_tf_serving_at_the_api_version_or_the_project_image(ove
         assert container["image"] == f"{image['newName']}:{image['newTag']}"
         assert container["command"] == PROJECT_SERVER_COMMAND
         scripts = importlib.metadata.entry_points(group="console_scripts")
-        assert [e.value for e in scripts if e.name == PROJECT_SERVER_COMMAND[0]] == ["pipeline.cli:main"]
+        assert [e.value for e in scripts if e.name == PROJECT_SERVER_COMMAND[0]] == ["iris_tfx.main:main"]
 
 
 def test_prod_locks_down_model_management_and_model_paths():

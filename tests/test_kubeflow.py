@@ -24,6 +24,7 @@ def package(tmp_path_factory):
     return output
 
 
+@pytest.mark.e2e
 def test_compiled_package_is_a_resolver_free_pipeline_spec(package):
     spec = kubeflow.load_pipeline_spec(str(package))
     assert spec.pipeline_info.name == "iris"
@@ -39,6 +40,7 @@ def test_compiled_package_is_a_resolver_free_pipeline_spec(package):
     assert "gs://bucket/data" in text and "iris.csv" in text
 
 
+@pytest.mark.e2e
 def test_submit_dry_run_parses_the_package(package):
     result = iris_tfx("kubeflow", "submit", "--package", str(package), "--host", "http://kfp.example:8080",
                       "--experiment", "exp", "--run-name", "r1", "--namespace", "ns", "--dry-run")
@@ -53,6 +55,7 @@ def test_bad_image_name_is_rejected(image):
         kubeflow.check_image(image)
 
 
+@pytest.mark.e2e
 def test_bad_options_get_clear_errors(tmp_path):
     result = iris_tfx(*_compile_args(tmp_path / "p.yaml", **{"--image": "Not An Image"}))
     assert result.returncode == 1 and "--image 'Not An Image': not a container image reference" in result.stderr

@@ -12,6 +12,9 @@ from components import constants
 from conftest import iris_tfx
 from pipeline import summary as summary_lib
 
+# Every test needs the session's pipeline run and a second real run.
+pytestmark = pytest.mark.e2e
+
 ACCURACY = "sparse_categorical_accuracy"
 
 

@@ -83,6 +83,7 @@ def test_qda_accuracy_is_the_bayes_rule_on_synthetic_data():
     assert synth.qda_accuracy(fisher_x, fisher_y, fisher_x, fisher_y) == pytest.approx(0.98)  # known: 3 errors
 
 
+@pytest.mark.e2e
 def test_bad_arguments_are_one_clear_line(tmp_path):
     for args, message in ((["--rows", "0"], "--rows 0: must be at least 1"),
                           (["--rows", "5", "--out", str(tmp_path)], "is a directory")):
@@ -91,6 +92,7 @@ def test_bad_arguments_are_one_clear_line(tmp_path):
         assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.e2e
 def test_generator_imports_no_tensorflow(tmp_path):
     code = (f"import sys; from pipeline import synth; synth.main(['--rows', '10', '--out', r'{tmp_path / 'x.csv'}']);"
             "print(sorted(sys.modules))")
@@ -98,6 +100,7 @@ def test_generator_imports_no_tensorflow(tmp_path):
     assert "'tensorflow'" not in result.stdout and "wrote 10 rows" in result.stdout
 
 
+@pytest.mark.e2e
 def test_synthetic_csv_passes_the_pipelines_validation(tmp_path):
     import tensorflow_data_validation as tfdv
     path = tmp_path / "s.csv"

@@ -77,6 +77,7 @@ def test_from_custom_config_carries_the_budget_fields():
     assert Hyperparameters.from_custom_config({"epochs": 7}) == Hyperparameters(epochs=7)
 
 
+@pytest.mark.e2e
 def test_rule_imports_no_tensorflow():
     code = "import sys, components.hyperparameters as h; h.Hyperparameters().budget(9); print(sorted(sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -99,6 +100,7 @@ def test_summary_line_reads_the_trainers_record(tmp_path):
                                                "120 train examples"
 
 
+@pytest.mark.e2e
 def test_run_on_30000_synthetic_rows_is_blessed_pushed_and_kept_to_the_budget(tmp_path):
     from pipeline import synth
     data = tmp_path / "synthetic.csv"
