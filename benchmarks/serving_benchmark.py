@@ -19,27 +19,17 @@ import asyncio
 import multiprocessing as mp
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, REPO)  # this checkout's modules, imported inside the functions below
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 ROW = [5.1, 3.5, 1.4, 0.2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _examples(n: int) -> List[bytes]:
@@ -240,45 +230,13 @@ def _floor_server(response: bytes, queue) -> None:
     asyncio.run(run())
 
 
-class Server:
-    def __init__(self, base: str, batching: Optional[str], log_path: str, extra: List[str], repo: str = REPO):
-        self.grpc_port, self.rest_port = _free_port(), _free_port()
-        args = [sys.executable, "-m", "serving.server", "--host=127.0.0.1", f"--port={self.grpc_port}",
-                f"--rest_api_port={self.rest_port}", f"--model_base_path={base}", "--model_name=iris",
-                "--file_system_poll_wait_seconds=0", *extra]
-        if batching:
-            args += ["--enable_batching", f"--batching_parameters_file={batching}"]
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=repo, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONPATH=repo))
-        self.target = f"127.0.0.1:{self.grpc_port}"
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-        with grpc.insecure_channel(self.target) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            for _ in range(600):
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited, see {log_path}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        return
-                except grpc.RpcError:
-                    time.sleep(0.2)
-        raise RuntimeError(f"server not ready, see {log_path}")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        self.log.close()
-
-
 def in_process(model_dir: str, n: int, seconds: float) -> float:
     """Median seconds of one Session run of serving_default on n examples, in this process."""
     import numpy as np
     import tensorflow as tf
     from components import constants as c
-    from serving.servable import Servable, session_config
     from serving import defaults
+    from serving.servable import Servable, session_config
     servable = Servable("iris", 1, model_dir, session_config(defaults.INTRA_OP_THREADS, defaults.INTER_OP_THREADS))
     inputs = {c.EXAMPLES_INPUT: np.array(_examples(n), dtype=object)}
     outputs = sorted(servable.signatures[c.SERVING_SIGNATURE].outputs)
@@ -310,7 +268,10 @@ def _latest_version(base: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from serving import defaults
+    """Run every row and print the table; returns the exit code."""
+    from components import runtime  # pylint: disable=g-import-not-at-top  (this checkout, on sys.path above)
+    runtime.prepare()  # before anything imports TensorFlow (the spawned load generators inherit it)
+    from serving import defaults, harness  # pylint: disable=g-import-not-at-top
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model_dir", help="a pushed version directory (default: latest under the default push dir)")
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each load run")
@@ -365,13 +326,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         [(args.batch_examples, conc, _rest_body(args.batch_examples), tn) for conc in (1, 8)]
     trickled: Dict[str, float] = {}
     for label, params in (("off", None), ("on", batching)):
-        server = Server(base, params, os.path.join(work, f"server-{label}.log"), args.server_arg, args.server_repo)
+        flags = [f"--model_base_path={base}", "--model_name=iris", "--file_system_poll_wait_seconds=0",
+                 *(["--enable_batching", f"--batching_parameters_file={params}"] if params else []), *args.server_arg]
+        server = harness.ServerProcess(flags, os.path.join(work, f"server-{label}.log"),
+                                       repo=args.server_repo).wait_ready(timeout=300)
         try:
-            response = response or _call(server.target, one)
+            response = response or _call(server.grpc_target, one)
             for n, conc, payload, t_in in loads:
-                run(label, server.proc.pid, server.target, server.rest_port, n, conc, payload, t_in)
+                run(label, server.proc.pid, server.grpc_target, server.rest_port, n, conc, payload, t_in)
             for n, conc, payload, t_in in rest_loads if params is None else []:
-                run("REST off", server.proc.pid, server.target, server.rest_port, n, conc, payload, t_in, rest=True)
+                run("REST off", server.proc.pid, server.grpc_target, server.rest_port, n, conc, payload, t_in,
+                    rest=True)
             if params is None:
                 trickled = trickle(server.rest_port, args.trickle_clients, probes=10)
         finally:

@@ -1,4 +1,4 @@
-"""Command-line flags (tensorflow_model_server's names) and TF Serving's text-format config files."""
+"""Command-line flags (tensorflow_model_server's names) into ServerOptions; TF Serving's text-format config files."""
 import argparse
 from typing import List, Optional, Tuple
 
@@ -6,6 +6,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import defaults
+from serving.options import ServerOptions
 
 
 _WRAPPERS_PROTO = "google/protobuf/wrappers.proto"
@@ -72,6 +73,7 @@ def read_batching_parameters(path: Optional[str]):
 
 
 def read_monitoring_config(path: Optional[str]):
+    """MonitoringConfig text file (none: Prometheus on, at TF Serving's path)."""
     if not path:
         config = MonitoringConfig()
         config.prometheus_config.enable = True
@@ -81,10 +83,18 @@ def read_monitoring_config(path: Optional[str]):
 
 
 def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
+    """The config --model_name and --model_base_path stand for: one model, its latest version."""
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add(name=name, base_path=base_path, model_platform="tensorflow")
     model.model_version_policy.latest.num_versions = 1
     return config
+
+
+def model_server_config(options: ServerOptions) -> model_server_config_pb2.ModelServerConfig:
+    """The models to serve: --model_config_file (read again on each call, for polling) or the single model."""
+    if options.model_config_file:
+        return read_model_server_config(options.model_config_file)
+    return single_model_config(options.model_name, options.model_base_path)
 
 
 def _bool(value: str) -> bool:
@@ -108,49 +118,50 @@ def _roots(value: str) -> Tuple[str, ...]:
     return tuple(root.strip() for root in value.split(",") if root.strip())
 
 
-def parse_flags(argv: List[str]) -> argparse.Namespace:
-    """Parse tensorflow_model_server's flags (`--flag=value` or `--flag value`)."""
-    cores = defaults.cpu_count()
+def parse_flags(argv: List[str]) -> ServerOptions:
+    """tensorflow_model_server's flags (`--flag=value` or `--flag value`) as ServerOptions; reads no file."""
+    d = ServerOptions()
     p = argparse.ArgumentParser(prog="iris-tfx serve", description=(
         "TensorFlow Serving-compatible model server (gRPC and REST) for the pushed Iris models."))
-    p.add_argument("--port", type=int, default=defaults.GRPC_PORT, help="gRPC port")
-    p.add_argument("--rest_api_port", type=int, default=defaults.REST_PORT, help="REST port (0 disables REST)")
-    p.add_argument("--model_name", default=defaults.MODEL_NAME)
-    p.add_argument("--model_base_path", default=defaults.MODEL_BASE_PATH)
-    p.add_argument("--model_config_file", default="",
+    p.add_argument("--port", type=int, default=d.port, help="gRPC port")
+    p.add_argument("--rest_api_port", type=int, default=d.rest_api_port, help="REST port (0 disables REST)")
+    p.add_argument("--model_name", default=d.model_name)
+    p.add_argument("--model_base_path", default=d.model_base_path)
+    p.add_argument("--model_config_file", default=d.model_config_file,
                    help="ModelServerConfig text file (overrides --model_name and --model_base_path)")
-    p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0,
+    p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=d.model_config_file_poll_wait_seconds,
                    help="re-read --model_config_file this often (0: never)")
-    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1,
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=d.file_system_poll_wait_seconds,
                    help="poll base paths for new versions this often (0: only at start)")
-    p.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False)
-    p.add_argument("--batching_parameters_file", default="")
-    p.add_argument("--monitoring_config_file", default="", help="MonitoringConfig text file (default: Prometheus on)")
-    p.add_argument("--grpc_max_threads", type=int, default=defaults.GRPC_THREADS_PER_CORE * cores)
-    p.add_argument("--rest_api_num_threads", type=int, default=defaults.REST_THREADS_PER_CORE * cores,
+    p.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=d.enable_batching)
+    p.add_argument("--batching_parameters_file", default=d.batching_parameters_file)
+    p.add_argument("--monitoring_config_file", default=d.monitoring_config_file,
+                   help="MonitoringConfig text file (default: Prometheus on)")
+    p.add_argument("--grpc_max_threads", type=int, default=d.grpc_max_threads)
+    p.add_argument("--rest_api_num_threads", type=int, default=d.rest_api_num_threads,
                    help="accepted for compatibility and ignored: REST runs on the event loop, large requests in "
                         "the --grpc_max_threads pool")
-    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
+    p.add_argument("--rest_api_timeout_in_ms", type=int, default=d.rest_api_timeout_in_ms,
                    help="per REST connection, the deadline for a request's headers and, separately, for its body "
                         "(408 past it); idle keep-alive connections are closed after it")
-    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=defaults.INTRA_OP_THREADS,
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=d.tensorflow_intra_op_parallelism,
                    help="threads per op (0: one per core)")
-    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=defaults.INTER_OP_THREADS,
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=d.tensorflow_inter_op_parallelism,
                    help="threads running ops (0: one per core; negative: each request's own thread)")
     p.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
-                   default=False)
+                   default=d.allow_version_labels_for_unavailable_models)
     # Extensions of this server (not tensorflow_model_server flags).
-    p.add_argument("--host", default=defaults.HOST, help="address to bind (extension; TF Serving binds all)")
-    p.add_argument("--max_request_bytes", type=int, default=defaults.MAX_REQUEST_BYTES,
+    p.add_argument("--host", default=d.host, help="address to bind (extension; TF Serving binds all)")
+    p.add_argument("--max_request_bytes", type=int, default=d.max_request_bytes,
                    help="refuse gRPC messages and REST bodies larger than this (extension)")
-    p.add_argument("--drain_seconds", type=float, default=defaults.DRAIN_SECONDS,
+    p.add_argument("--drain_seconds", type=float, default=d.drain_seconds,
                    help="on SIGTERM, wait this long for in-flight requests (extension)")
-    p.add_argument("--max_request_elements", type=_positive, default=defaults.MAX_REQUEST_ELEMENTS,
+    p.add_argument("--max_request_elements", type=_positive, default=d.max_request_elements,
                    help="refuse inference requests declaring more tensor elements plus examples than this, "
                         "before decoding them (extension)")
-    p.add_argument("--enable_model_management", type=_bool, nargs="?", const=True, default=True,
+    p.add_argument("--enable_model_management", type=_bool, nargs="?", const=True, default=d.enable_model_management,
                    help="false: HandleReloadConfigRequest answers UNIMPLEMENTED (extension)")
-    p.add_argument("--model_base_path_roots", type=_roots, default=(),
+    p.add_argument("--model_base_path_roots", type=_roots, default=d.model_base_path_roots,
                    help="comma-separated directories: every model base path must resolve (symlinks and '..' "
                         "followed) under one of them; empty: any path (extension)")
     args = p.parse_args(argv)
@@ -158,4 +169,4 @@ def parse_flags(argv: List[str]) -> argparse.Namespace:
         p.error("--model_config_file_poll_wait_seconds needs --model_config_file")
     if args.batching_parameters_file and not args.enable_batching:
         p.error("--batching_parameters_file needs --enable_batching")
-    return args
+    return ServerOptions(**vars(args))

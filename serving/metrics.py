@@ -1,7 +1,7 @@
 """Prometheus metrics (prometheus_client), exported at TF Serving's /monitoring/prometheus/metrics."""
 import time
 from contextlib import contextmanager
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -11,6 +11,15 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # clients cannot grow the metrics page with made-up names (TF Serving labels the raw name: unbounded).
 UNKNOWN_MODEL = "<unknown>"
 _LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class RequestRecord:
+    """What one request's metrics are labelled with, filled in as the request goes: the model it names, the version
+    that served it ("" if none did) and its status code name."""
+    __slots__ = ("model", "version", "status")
+
+    def __init__(self) -> None:
+        self.model, self.version, self.status = "", "", "OK"
 
 
 class Metrics:
@@ -46,25 +55,26 @@ class Metrics:
         return child
 
     @contextmanager
-    def observe(self, api: str, entrypoint: str) -> Iterator[List[str]]:
-        """Times a request; the body sets info[0]=model name, info[1]=version, info[2]=status code name."""
-        info = ["", "", "OK"]
+    def request(self, api: str, entrypoint: str) -> Iterator[RequestRecord]:
+        """Counts a request in flight and times it; the body fills the RequestRecord the count is labelled with."""
+        record = RequestRecord()
         start = time.perf_counter()
         in_flight = self._child(self.in_flight, entrypoint)
         in_flight.inc()
         try:
-            yield info
+            yield record
         finally:
             in_flight.dec()
-            model = info[0] if info[0] in self._models else UNKNOWN_MODEL
+            model = record.model if record.model in self._models else UNKNOWN_MODEL
             self._child(self.latency, model, api, entrypoint).observe(time.perf_counter() - start)
-            self._child(self.requests, model, info[1], api, entrypoint, info[2]).inc()
+            self._child(self.requests, model, record.version, api, entrypoint, record.status).inc()
 
     def set_models(self, names: Iterable[str]) -> None:
         """The model names requests are labelled with (the configured ones); replaced whole, so thread-safe."""
         self._models = frozenset(names)
 
     def set_loaded(self, model: str, version: int, loaded: bool) -> None:
+        """The model_version_loaded gauge: 1 while a version is AVAILABLE, absent otherwise."""
         if loaded:
             self.loaded.labels(model, str(version)).set(1)
         else:
@@ -74,7 +84,9 @@ class Metrics:
                 pass
 
     def load_attempt(self, model: str, status: str) -> None:
+        """One more load of a version of `model`, by outcome ("ok" or "error")."""
         self.loads.labels(model, status).inc()
 
     def exposition(self) -> bytes:
+        """The Prometheus text page."""
         return generate_latest(self.registry)

@@ -9,17 +9,15 @@ import threading
 import time
 from typing import List, Optional, Tuple
 
+import grpc
 import pytest
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-import serving_helpers as h
+from components import constants as c
+from serving import harness as h
 
-grpc = pytest.importorskip("grpc")
-from tensorflow.core.example import example_pb2  # noqa: E402
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
-
-from components import constants as c  # noqa: E402
-
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.e2e]  # real server processes over the pipeline's model
 DEADLINE_S = 1.5  # --rest_api_timeout_in_ms of the test server: header and body deadlines
 ROW = dict(zip(c.FEATURE_KEYS, [5.1, 3.5, 1.4, 0.2]))
 PREDICT_BODY = json.dumps({"signature_name": c.RAW_SIGNATURE, "instances": [ROW]}).encode()

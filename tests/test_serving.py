@@ -11,27 +11,24 @@ import time
 import urllib.error
 import urllib.request
 
+import grpc
+import numpy as np
 import pytest
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
-from tensorflow.core.example import example_pb2  # noqa: E402
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
+import tensorflow as tf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_log_pb2, prediction_service_pb2_grpc, regression_pb2)
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+from tensorflow_serving.config import model_server_config_pb2
 
-from components import constants as c  # noqa: E402
-from serving.client import IrisClient, ServingClientError  # noqa: E402
-import serving_helpers as h  # noqa: E402
+from components import constants as c
+from serving import harness as h
+from serving.client import IrisClient, ServingClientError
 
-pytestmark = pytest.mark.timeout(300)
+# Real server processes over the pipeline's model; the in-process tests are in test_serving_units.py.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.e2e]
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [7.7, 3.0, 6.1, 2.3]
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -188,14 +185,6 @@ def test_warmup_requests_replayed_before_serving(server):
     assert "Finished reading warmup data for model iris version 2: 1 requests" in server.log()
 
 
-def test_bad_config_exits_nonzero(tmp_path):
-    from serving import server as server_module
-    bad = tmp_path / "bad.config"
-    bad.write_text("model_config_list { config { name: 'iris' base_path: ")
-    assert server_module.main([f"--model_config_file={bad}", "--port=0", "--rest_api_port=0"]) == 1
-    assert server_module.main([f"--model_config_file={tmp_path / 'missing.config'}", "--port=0"]) == 1
-
-
 def test_model_status_follows_version_policy(models):
     assert versions_state(models) == {1: (State.AVAILABLE, ""), 2: (State.AVAILABLE, "")}
     assert set(versions_state(models, "iris_all")) == {1, 2, 3}
@@ -327,71 +316,6 @@ def test_oversized_grpc_request_refused(stub):
 
 
 # --- in-process: tensor decoding, where gRPC handlers run ----------------------------------------------------
-def _float_proto(values, shape):
-    proto = tf.make_tensor_proto(0.0, dtype=tf.float32)
-    proto.ClearField("float_val")
-    proto.tensor_shape.CopyFrom(tf.TensorShape(shape).as_proto())
-    proto.float_val.extend(values)
-    return proto
-
-
-@pytest.mark.parametrize("proto", [
-    tf.make_tensor_proto([b"a", b"bc", b""]),                                  # string_val
-    tf.make_tensor_proto(np.arange(12, dtype=np.float32).reshape(3, 4)),       # tensor_content
-    tf.make_tensor_proto(np.arange(6, dtype=np.int64).reshape(2, 3)),
-    tf.make_tensor_proto(np.array([[True, False]])),
-    tf.make_tensor_proto(np.zeros((0, 4), np.float64)),                        # empty
-    tf.make_tensor_proto(7, dtype=tf.int32),                                   # scalar
-    _float_proto([1.0, 2.0, 3.0, 4.0], [2, 2]),                                # typed field, one value per element
-    _float_proto([5.0], [2, 3]),                                               # TF's repeat-the-last-value shorthand
-    tf.make_tensor_proto(np.array([1.5, 2.5], np.float16)),                    # dtypes left to tf.make_ndarray
-    tf.make_tensor_proto(np.array([[1, 2]], np.uint8)),
-])
-def test_tensor_protos_decode_like_tf_make_ndarray(proto):
-    from serving.tensors import proto_to_ndarray
-    got, want = proto_to_ndarray(proto, "x"), tf.make_ndarray(proto)
-    assert got.dtype == want.dtype and got.shape == want.shape and got.tolist() == want.tolist()
-
-
-def test_malformed_tensor_proto_is_a_client_error():
-    from serving.errors import ServingError
-    from serving.tensors import proto_to_ndarray
-    short = tf.make_tensor_proto(np.arange(4, dtype=np.float32))
-    short.tensor_content = short.tensor_content[:-1]  # not a whole number of floats
-    negative = _float_proto([1.0, 2.0], [2, 1])
-    negative.tensor_shape.dim[0].size = negative.tensor_shape.dim[1].size = -2  # (-2) * (-2) == 4 elements?
-    negative_content = tf.make_tensor_proto(np.arange(4, dtype=np.float32).reshape(2, 2))
-    negative_content.tensor_shape.dim[0].size = negative_content.tensor_shape.dim[1].size = -2
-    for bad in (short, negative, negative_content):
-        with pytest.raises(ServingError) as info:
-            proto_to_ndarray(bad, "x")
-        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.message == "tensor parsing error: x"
-
-
-@pytest.mark.parametrize("batching", [False, True])
-def test_small_grpc_requests_run_on_the_event_loop_large_ones_in_the_pool(batching):
-    import asyncio
-    from concurrent import futures
-    from types import SimpleNamespace
-    from serving import defaults
-    from serving.grpc_service import PredictionService
-    from serving.metrics import Metrics
-    manager = SimpleNamespace(servable=lambda spec: SimpleNamespace(version_str="1"),
-                              max_request_elements=1 << 30, max_request_bytes=1 << 30)
-    small = predict_request([SETOSA])
-    large = predict_request([SETOSA] * (defaults.INLINE_MAX_REQUEST_BYTES // 64))  # ~90 bytes per example
-    assert large.ByteSize() > defaults.INLINE_MAX_REQUEST_BYTES >= small.ByteSize()
-
-    async def threads():
-        loop_thread = threading.current_thread()
-        with futures.ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
-            service = PredictionService(manager, Metrics(), pool, batching)
-            ran = [await service._run("predict", r, None, lambda servable, request: threading.current_thread())
-                   for r in (small, large)]
-        return ["loop" if t is loop_thread else t.name.split("_")[0] for t in ran]
-    assert asyncio.run(threads()) == (["pool", "pool"] if batching else ["loop", "pool"])
-
-
 # --- REST ---------------------------------------------------------------------------------------------------
 def test_rest_status_and_metadata(server):
     status, body = http(f"{server.rest_url}/v1/models/iris")
@@ -705,20 +629,3 @@ def test_sigterm_drains_in_flight_requests(pushed_model, tmp_path):
         assert "Server stopped" in proc.log()
     finally:
         proc.stop()
-
-
-def test_batch_scheduler_finishes_requests_that_reach_it_after_unload_began():
-    """A request that got a version just before it was unloaded still completes (TF Serving's handles)."""
-    from serving.batching import BatchScheduler  # pylint: disable=g-import-not-at-top
-    from serving.config import BatchingParameters  # pylint: disable=g-import-not-at-top
-    batches = []
-
-    def run(key, inputs):
-        batches.append(len(inputs["x"]))
-        return {"y": inputs["x"] * 2}
-    scheduler = BatchScheduler(BatchingParameters(), run, "test")
-    x = np.arange(3, dtype=np.float32)
-    assert scheduler.run("k", {"x": x})["y"].tolist() == [0, 2, 4]
-    scheduler.close()
-    assert scheduler.run("k", {"x": x})["y"].tolist() == [0, 2, 4]
-    assert batches == [3, 3]

@@ -5,21 +5,19 @@ import os
 import pathlib
 import threading
 
+import grpc
 import pytest
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+from tensorflow_serving.config import model_server_config_pb2
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from components import constants as c
+from serving import harness as h
+from test_serving import SETOSA, State, http, predict_request, rpc_error, versions_state, wait_for
 
-import grpc  # noqa: E402
-from tensorflow.core.framework import types_pb2  # noqa: E402
-from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, model_management_pb2,  # noqa: E402
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
-
-from components import constants as c  # noqa: E402
-import serving_helpers as h  # noqa: E402
-from test_serving import SETOSA, State, http, predict_request, rpc_error, versions_state, wait_for  # noqa: E402
-
+# Real server processes over the pipeline's model; the request-cost arithmetic is tested in test_serving_units.py.
+pytestmark = pytest.mark.e2e
 METRICS = "/monitoring/prometheus/metrics"
 
 
@@ -258,29 +256,3 @@ def test_large_allowed_request_does_not_stall_other_clients(locked):
     finally:
         thread.join(240)
     assert outcome == {"rows": 500_000}
-
-
-# --- declared cost, in-process ------------------------------------------------------------------------------
-def test_request_cost_is_read_from_declared_shapes():
-    """Elements and decoding expansion come from shapes and counts: shorthand, repeated strings, example context."""
-    from serving.errors import ServingError
-    from serving.inference import check_request, request_cost
-    assert request_cost(shorthand_request(1_000_000)) == (4_000_000, 0)
-    assert request_cost(predict_request([SETOSA] * 3)) == (3, 0)
-    strings = predict_pb2.PredictRequest()
-    proto = strings.inputs[c.EXAMPLES_INPUT]
-    proto.dtype = types_pb2.DT_STRING
-    proto.tensor_shape.dim.add().size = 1000
-    proto.string_val.extend([b"a", b"x" * 100])
-    assert request_cost(strings) == (1000, 998 * 100)  # the last string repeated 998 times
-    classify = classification_pb2.ClassificationRequest()
-    examples = classify.input.example_list_with_context
-    examples.context.features.feature["a"].bytes_list.value.append(b"y" * 1000)
-    for _ in range(50):
-        examples.examples.add()
-    assert request_cost(classify) == (50, 50 * examples.context.ByteSize())  # the context copied into each
-    with pytest.raises(ServingError, match=r"expands by 99800 bytes .* 1000 \(--max_request_bytes\)"):
-        check_request(strings, 10_000, 1000)
-    proto.tensor_shape.dim[0].size = -1
-    with pytest.raises(ServingError, match="tensor parsing error: examples"):
-        request_cost(strings)
