@@ -230,8 +230,8 @@ def test_prod_model_server_serves_its_configmap_and_refuses_model_management(pus
     HandleReloadConfigRequest, even for the very config it serves."""
     import grpc
     from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
-    import serving_helpers as h
     from components import constants
+    from serving import harness as h
     from serving.client import IrisClient
 
     objects = render_overlay("prod")
