@@ -10,9 +10,12 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 setup:
 	@test -n "$(PYTHON)" || { echo "Python 3.10 is required: install python3.10 (and python3.10-venv)"; exit 1; }
 	@# Debian packages: kubectl renders the Kubernetes overlays in the tests (kubernetes-client has kustomize
-	@# built in); h2load (nghttp2-client) is the serving benchmark's load generator.
+	@# built in); h2load (nghttp2-client) is the serving benchmark's load generator; graphviz's `dot` draws the run
+	@# report's pipeline graph and headless chromium opens the report in its tests.
 	missing=""; command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	  command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
+	  command -v dot >/dev/null 2>&1 || missing="$$missing graphviz"; \
+	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	  test -z "$$missing" || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $$missing; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet pip==24.3.1
