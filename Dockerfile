@@ -6,7 +6,9 @@
 # The entrypoint of the base image is kept: Kubeflow sets each component's command itself.
 FROM tensorflow/tfx:1.16.0
 
-# Keras 2 (tf-keras) under TensorFlow 2.16, as everywhere in this project.
+# Keras 2 (tf-keras) under TensorFlow 2.16, as everywhere in this project. The project's entry points set it
+# themselves (components/runtime.py prepare()), but Kubeflow starts each component with TFX's own entry point,
+# which imports the component modules without it: the image sets it for every process.
 ENV TF_USE_LEGACY_KERAS=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
