@@ -13,6 +13,8 @@ COMMAND_GROUPS = (
     "iris_tfx.kubeflow",
     "iris_tfx.data",
     "iris_tfx.serve",
+    "iris_tfx.runs",
+    "iris_tfx.models",
 )
 
 

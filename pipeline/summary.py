@@ -1,8 +1,9 @@
 """Builds the end-of-run summary from ML Metadata: statuses, times, anomalies, metrics, push."""
+import contextlib
 import dataclasses
 import json
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from google.protobuf import text_format
 from ml_metadata.proto import metadata_store_pb2
@@ -15,6 +16,7 @@ from components.hyperparameters import describe_training
 from components.validation import describe_anomalies, load_anomalies
 
 _STATES = {value: name for name, value in metadata_store_pb2.Execution.State.items()}
+ACCURACY = "sparse_categorical_accuracy"  # the name TFMA gives the Evaluator's SparseCategoricalAccuracy
 _EXAMPLE_COUNT = "example_count"  # tfma.metrics.example_count.EXAMPLE_COUNT_NAME, without importing TFMA here
 
 
@@ -54,6 +56,10 @@ class RunSummary:
     pushed_version: Optional[str] = None
     push_cached: bool = False  # a re-run reused the Pusher's result: that version was pushed before
     training: str = ""  # "Training: steps N of at most M, batch B, ..." from the Trainer's model_run record
+    started_ms: int = 0  # when the run's MLMD context was created (ms since the epoch)
+    data_path: str = ""  # the CSV ExampleGen read (from its execution's input_base and input_config)
+    fingerprint: str = ""  # ExampleGen's input fingerprint of that file (size and modification time)
+    span: Optional[int] = None  # the Examples artifact's span
 
     @property
     def failed(self) -> List[NodeResult]:
@@ -90,27 +96,61 @@ class RunSummary:
 
 def summarize(metadata_path: str, pipeline_name: str, since_ms: int = 0) -> Optional[RunSummary]:
     """Summary of the newest run of `pipeline_name` (started at or after since_ms) in the SQLite MLMD."""
+    with open_store(metadata_path) as store:
+        runs = [run for run in pipeline_runs(store, pipeline_name) if run.create_time_since_epoch >= since_ms]
+        return summarize_run(store, runs[0]) if runs else None
+
+
+@contextlib.contextmanager
+def open_store(metadata_path: str) -> Iterator[Any]:
+    """The MLMD store of a workdir's SQLite file, open for the with-block."""
     config = tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
     with metadata.Metadata(config) as m:
-        store = m.store
-        runs = [c for c in store.get_contexts_by_type("pipeline_run")
-                if c.create_time_since_epoch >= since_ms and _has_pipeline(store, c, pipeline_name)]
-        if not runs:
-            return None
-        run = max(runs, key=lambda c: c.create_time_since_epoch)
-        executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch)
-        summary = RunSummary(run_id=run.name, nodes=[])
-        for execution in executions:
-            node = _node_name(store, execution)
-            status = _STATES.get(execution.last_known_state, "UNKNOWN")
-            summary.nodes.append(NodeResult(
-                node=node, status=status,
-                seconds=max(0.0, (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000),
-                message=_error_message(execution)))
-            for artifact in _outputs(store, execution):
-                _read_artifact(summary, artifact)
-                summary.push_cached |= artifact.type_name == "PushedModel" and status == "CACHED"
-        return summary
+        yield m.store
+
+
+def pipeline_runs(store, pipeline_name: str) -> List[metadata_store_pb2.Context]:
+    """The pipeline_run contexts of `pipeline_name`, newest first (their names are the runs' ids)."""
+    runs = [c for c in store.get_contexts_by_type("pipeline_run") if _has_pipeline(store, c, pipeline_name)]
+    return sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id), reverse=True)
+
+
+def summarize_run(store, run: metadata_store_pb2.Context) -> RunSummary:
+    """One run's summary from its executions and their output artifacts, oldest execution first."""
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch)
+    summary = RunSummary(run_id=run.name, nodes=[], started_ms=run.create_time_since_epoch)
+    for execution in executions:
+        node = _node_name(store, execution)
+        status = _STATES.get(execution.last_known_state, "UNKNOWN")
+        summary.nodes.append(NodeResult(
+            node=node, status=status,
+            seconds=max(0.0, (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000),
+            message=_error_message(execution)))
+        _read_example_gen(summary, execution)
+        for artifact in _outputs(store, execution):
+            _read_artifact(summary, artifact)
+            summary.push_cached |= artifact.type_name == "PushedModel" and status == "CACHED"
+    return summary
+
+
+def _read_example_gen(summary: RunSummary, execution) -> None:
+    """The data file from ExampleGen's execution properties, and the file's fingerprint and span when they are there
+    too (a cached or failed execution has none: then they come from its Examples, see _read_artifact)."""
+    properties = execution.custom_properties
+    if "input_base" not in properties:
+        return
+    splits = json.loads(properties["input_config"].string_value or "{}").get("splits", [])
+    patterns = [split.get("pattern", "") for split in splits]
+    # ExampleGen globs input_base/pattern; literal_input escaped the file's path, so undo that escaping.
+    summary.data_path = _unescape_glob("/".join([properties["input_base"].string_value.rstrip("/"), *patterns[:1]]))
+    if "input_fingerprint" in properties:
+        summary.fingerprint = properties["input_fingerprint"].string_value
+        summary.span = properties["span"].int_value if "span" in properties else None
+
+
+def _unescape_glob(pattern: str) -> str:
+    """The path components.example_gen.literal_pattern escaped: `[x]` back to x, `\\\\` back to `\\`."""
+    return re.sub(r"\[(.)\]", r"\1", pattern).replace("\\\\", "\\")
 
 
 def _has_pipeline(store, context, pipeline_name: str) -> bool:
@@ -154,6 +194,9 @@ def _read_artifact(summary: RunSummary, artifact: types.Artifact) -> None:
         summary.training = describe_training(artifact.uri)
     elif kind == "ModelBlessing":
         summary.blessed = bool(artifact.get_int_custom_property("blessed"))
+    elif kind == "Examples" and artifact.has_custom_property("input_fingerprint") and not summary.fingerprint:
+        summary.fingerprint = artifact.get_string_custom_property("input_fingerprint")  # ExampleGen's, reused
+        summary.span = artifact.get_int_custom_property("span")
     elif kind == "PushedModel" and artifact.get_int_custom_property("pushed"):
         summary.pushed_path = artifact.get_string_custom_property("pushed_destination")
         summary.pushed_version = artifact.get_string_custom_property("pushed_version")
