@@ -149,8 +149,9 @@ def _pin(args: argparse.Namespace) -> int:
     for name, _ in dropped:  # a label on an unloaded version would make the server refuse the whole file
         del model.version_labels[name]
     write_config(path, config)
-    print(f"{path}: model {model.name} pinned to version {', '.join(map(str, versions))} (base path "
-          f"{model.base_path}). A server polling this file loads them before it unloads the others.")
+    print(f"{path}: model {model.name} pinned to version{'s' if len(versions) > 1 else ''} "
+          f"{', '.join(map(str, versions))} (base path {model.base_path}). A server polling this file loads "
+          "what it does not serve yet before it unloads the rest.")
     for name, version in dropped:
         print(f"  label {name} removed: it named version {version}, which is no longer served")
     return 0

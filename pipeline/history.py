@@ -62,16 +62,16 @@ def runs(workdir: str, pipeline_name: str = constants.PIPELINE_NAME) -> List[Run
     with summary_lib.open_store(metadata_path) as store:
         contexts = summary_lib.pipeline_runs(store, pipeline_name)
         summaries = [summary_lib.summarize_run(store, context) for context in contexts]
-    return [_record(summary, newest=index == 0, holder_started_ms=holder_started_ms)
+    return [record(summary, newest=index == 0, holder_started_ms=holder_started_ms)
             for index, summary in enumerate(summaries)]
 
 
 def show(workdir: str, run_id: str, pipeline_name: str = constants.PIPELINE_NAME) -> RunRecord:
     """One run by its id; HistoryError naming the known ids if there is no such run."""
     records = runs(workdir, pipeline_name)
-    for record in records:
-        if record.run_id == run_id:
-            return record
+    for candidate in records:
+        if candidate.run_id == run_id:
+            return candidate
     known = ", ".join(r.run_id for r in records[:5]) or "none"
     raise HistoryError(f"no run {run_id!r} in --workdir {workdir} (newest runs: {known}; see `iris-tfx runs`)")
 
@@ -134,7 +134,8 @@ def _lock_holder_started_ms(workdir: str) -> Optional[int]:
         return None
 
 
-def _record(summary: summary_lib.RunSummary, newest: bool, holder_started_ms: Optional[int]) -> RunRecord:
+def record(summary: summary_lib.RunSummary, newest: bool = False,
+           holder_started_ms: Optional[int] = None) -> RunRecord:
     """A summary with its status: a run holding the lock is running; one that stopped without finishing (no
     failure recorded, a node left running or the last node never started) was interrupted."""
     states = {node.status for node in summary.nodes}

@@ -94,10 +94,13 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def summarize(metadata_path: str, pipeline_name: str, since_ms: int = 0) -> Optional[RunSummary]:
-    """Summary of the newest run of `pipeline_name` (started at or after since_ms) in the SQLite MLMD."""
+def summarize(metadata_path: str, pipeline_name: str, since_ms: int = 0,
+              run_id: Optional[str] = None) -> Optional[RunSummary]:
+    """Summary of the newest run of `pipeline_name` (started at or after since_ms; the one named run_id if given)
+    in the SQLite MLMD."""
     with open_store(metadata_path) as store:
-        runs = [run for run in pipeline_runs(store, pipeline_name) if run.create_time_since_epoch >= since_ms]
+        runs = [run for run in pipeline_runs(store, pipeline_name)
+                if run.create_time_since_epoch >= since_ms and run_id in (None, run.name)]
         return summarize_run(store, runs[0]) if runs else None
 
 
