@@ -15,6 +15,7 @@ COMMAND_GROUPS = (
     "iris_tfx.serve",
     "iris_tfx.runs",
     "iris_tfx.models",
+    "iris_tfx.report",
 )
 
 

@@ -1,0 +1,169 @@
+"""The run report: figure and page builders on their own, then real runs' reports opened in headless Chromium with
+the network cut off (page loads, no console message, every figure drawn, no URL anywhere in the file)."""
+import gzip
+import pathlib
+import re
+import shutil
+import subprocess
+from typing import List, Tuple
+
+import numpy as np
+import pytest
+
+from components import constants
+from conftest import FAST_BEAM, IRIS_CSV, iris_tfx
+from pipeline import report, report_figures, summary
+
+_URL = re.compile(r"https?://", re.I)
+
+
+def _ids(svg: str) -> List[str]:
+    return re.findall(r'\bid="([^"]*)"', svg)
+
+
+def test_figures_are_inline_svg_without_urls_or_shared_ids():
+    """Two matplotlib figures on one page: no XML prolog, no namespace or metadata URL, no id in common."""
+    labels = np.array(list(constants.CLASS_NAMES) * 20)
+    features = {"sepal_length": np.linspace(4, 8, 60), "petal_width": np.linspace(0.1, 2.5, 60)}
+    first = report_figures.histograms_svg("data-train", "train", features, labels, constants.CLASS_NAMES)
+    second = report_figures.training_curves_svg("training", {"loss": {"train": [(10, 1.0), (20, 0.5)]}})
+    for svg in (first, second):
+        assert svg.startswith("<svg") and svg.endswith("</svg>")
+        assert not _URL.search(svg), _URL.search(svg)
+    assert "sepal_length" in first and "setosa (20)" in first  # text kept as text: the axis and the legend
+    assert _ids(first) and not set(_ids(first)) & set(_ids(second))
+    assert all(i.startswith("data-train-") for i in _ids(first))
+    for reference in re.findall(r'url\(#([^)]*)\)', first):
+        assert reference in _ids(first)
+
+
+def test_pipeline_graph_shows_each_status_and_time():
+    nodes = [report_figures.GraphNode("CsvExampleGen", "COMPLETE", 1.25),
+             report_figures.GraphNode("AnomaliesGate", "FAILED", 0.5),
+             report_figures.GraphNode("Transform", report.NOT_RUN)]
+    edges = [report_figures.GraphEdge("CsvExampleGen", "AnomaliesGate", "examples"),
+             report_figures.GraphEdge("AnomaliesGate", "Transform")]
+    svg = report_figures.pipeline_graph_svg(nodes, edges)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", svg))
+    assert "CsvExampleGen COMPLETE 1.2s" in text or "CsvExampleGen COMPLETE 1.3s" in text
+    assert "AnomaliesGate FAILED 0.5s" in text and "Transform NOT RUN" in text and "examples" in text
+    assert report_figures.STATUS_COLOURS["FAILED"] in svg and report_figures.STATUS_COLOURS["COMPLETE"] in svg
+    assert svg.count('class="edge"') == 2 and not _URL.search(svg)
+
+
+def test_confusion_matrix_counts():
+    matrix = report_figures.matrix_from_entries([(0, 0, 8.0), (1, 1, 9.0), (1, 2, 1.0), (2, 2, 10.0), (5, 0, 3.0)], 3)
+    assert matrix.tolist() == [[8, 0, 0], [0, 9, 1], [0, 0, 10]]  # an id out of range is dropped
+    svg = report_figures.confusion_matrix_svg("confusion-new", "new model", matrix, constants.CLASS_NAMES)
+    assert all(f">{count}<" in svg for count in ("8", "9", "1", "10")) and "predicted" in svg
+
+
+def test_csv_lines_quotes_the_lines_a_message_names(tmp_path):
+    lines = ["sepal_length,sepal_width,petal_length,petal_width,species", "5.1,3.5,1.4,0.2,setosa",
+             "500,3.0,1.4,0.2,setosa", "4.9,3.0,1.4,0.2,setosa", "4.7,3.2,1.3,0.2,unknown"]
+    plain = tmp_path / "data.csv"
+    plain.write_text("\ufeff" + "\r\n".join(lines) + "\r\n")
+    packed = tmp_path / "data.csv.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    for path in (plain, packed):
+        assert list(report.csv_lines(str(path), f"{path} line 3: sepal_length 500 out of range")) == [(3, lines[2])]
+        assert [n for n, _ in report.csv_lines(str(path), "lines 1, 3 and 5: ...")] == [1, 3, 5]
+        assert [n for n, _ in report.csv_lines(str(path), f"{path}:4: species 'x'; {path}:2: ...")] == [2, 4]
+    assert list(report.csv_lines(str(plain), "split 'eval': species 'versicolor' has 0 examples")) == []
+
+
+def _record(nodes: List[summary.NodeResult], **fields) -> report.RunRecord:
+    """A RunRecord as read_run makes it, for a run whose components ran as `nodes` (no artifacts)."""
+    return report.RunRecord(summary=summary.RunSummary(run_id="20260101-000000.000001", nodes=nodes, **fields),
+                            started="2026-01-01 00:00:00 UTC", data_path=None,
+                            pipeline_nodes=[n.node for n in nodes], pipeline_edges=[])
+
+
+def test_page_of_a_refused_run_says_what_and_where_and_escapes_text():
+    message = "the data does not match the schema:\nsplit 'train': feature 'species': <script>alert(1)</script>"
+    record = _record([summary.NodeResult("CsvExampleGen", "COMPLETE", 1.0),
+                      summary.NodeResult("AnomaliesGate", "FAILED", 0.1, message)])
+    page = report.render(record, {"graph": "<svg></svg>"})
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count("The data was refused by AnomaliesGate") == 1
+    assert "split &#x27;train&#x27;: feature &#x27;species&#x27;" in page
+    assert "Content-Security-Policy" in page and "default-src &#x27;none&#x27;" not in page  # the CSP is raw
+    assert "default-src 'none'" in page
+    assert "Pushed: nothing" in page and 'id="figure-graph"' in page
+    assert "The Trainer did not run" in page and "The Evaluator did not run" in page
+
+
+# --- real runs in a real browser ------------------------------------------------------------------------------
+
+def _chromium(page: pathlib.Path, tmp_path: pathlib.Path, *mode: str) -> Tuple[str, str]:
+    """Chromium, headless, on the file with the network cut off (its own empty network namespace when the
+    machine allows one) and background fetching disabled: (stdout, the console lines it logged)."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed (make setup installs Debian's chromium)"
+    isolated = subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+    offline = ["unshare", "--net"] if isolated else []
+    result = subprocess.run(
+        offline + [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   f"--user-data-dir={tmp_path / 'chromium'}", "--enable-logging=stderr", "--v=0", *mode,
+                   page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, "\n".join(line for line in result.stderr.splitlines() if ":CONSOLE" in line)
+
+
+def _figures_in(dom: str) -> dict:
+    """Each <figure id="figure-NAME"> of the dumped DOM -> whether it holds a drawn <svg> with content."""
+    return {name: bool(re.search(r"<svg[^>]*>.*<(path|text|g)\b", body, re.S))
+            for name, body in re.findall(r'<figure id="figure-([^"]+)"[^>]*>(.*?)</figure>', dom, re.S)}
+
+
+@pytest.mark.e2e
+def test_report_of_a_real_run_opens_offline_with_every_figure(pipeline_run, tmp_path):
+    path = pathlib.Path(report.write_report(str(pipeline_run.workdir)))
+    run_id = path.stem
+    assert path == pipeline_run.workdir / "reports" / f"{run_id}.html"
+    text = path.read_text()
+    assert not _URL.search(text), _URL.search(text)
+    dom, console = _chromium(path, tmp_path, "--dump-dom")
+    assert console == "", console  # the page runs no script: any console line is a blocked fetch or an error
+    assert _figures_in(dom) == {"graph": True, "data-train": True, "data-eval": True, "training": True,
+                                "confusion-new": True}
+    version = pipeline_run.versions()[0]
+    assert f"Iris pipeline run {run_id}" in dom and "Model blessed: <b>yes</b>" in dom
+    assert f"(version <b>{version}</b>)" in dom and str(pipeline_run.serving_dir / version) in dom
+    for section in ("outcome", "pipeline", "data", "training", "evaluation"):
+        assert f'<section id="{section}">' in dom
+    assert dom.count('class="pass"') == 4 and 'class="fail"' not in dom  # floor 0.9 overall and per species
+
+
+@pytest.mark.e2e
+def test_report_of_refused_data_shows_the_refusal_and_the_rows(tmp_path):
+    """A value ExampleGen cannot read: the page quotes the CSV line the error names; an out-of-range value: the
+    gate's anomaly in words, the data's figures still drawn, the components after it NOT RUN."""
+    rows = IRIS_CSV.read_text().splitlines()
+    unreadable = tmp_path / "unreadable.csv"
+    unreadable.write_text("\n".join(rows[:8] + ["5.0,wide,1.4,0.2,setosa"] + rows[9:]) + "\n")
+    out_of_range = tmp_path / "out_of_range.csv"
+    out_of_range.write_text("\n".join(rows[:1] + ["500.0,3.1,1.5,0.1,setosa"] + rows[1:]) + "\n")
+    errors = {}
+    for data, workdir in ((unreadable, tmp_path / "w1"), (out_of_range, tmp_path / "w2")):
+        result = iris_tfx("run", "--data", str(data), "--workdir", str(workdir), *FAST_BEAM)
+        assert result.returncode == 1, result.stdout + result.stderr
+        # What the CLI passes on: the error it printed ("iris-tfx: error: <node> failed: <message>").
+        errors[workdir.name] = re.search(r"failed: (.*)\nNo model was pushed", result.stderr, re.S).group(1)
+
+    page = pathlib.Path(report.write_report(str(tmp_path / "w1"), failure=errors["w1"]))
+    dom, console = _chromium(page, tmp_path, "--dump-dom")
+    assert console == "" and not _URL.search(page.read_text())
+    assert re.search(r"The data was refused by CsvExampleGen:</b><pre>[^<]*sepal_width[^<]*wide", dom)
+    assert "<td class=\"num\">9</td><td><code>5.0,wide,1.4,0.2,setosa</code></td>" in dom
+    assert _figures_in(dom) == {"graph": True}
+    assert re.search(r"CsvExampleGen\s*</text>\s*<text[^>]*>FAILED", dom)
+
+    page = pathlib.Path(report.write_report(str(tmp_path / "w2"), failure=errors["w2"]))
+    dom, console = _chromium(page, tmp_path, "--dump-dom")
+    assert console == ""
+    assert re.search(r"The data was refused by AnomaliesGate:</b><pre>[^<]*split &#x27;(train|eval)&#x27;: "
+                     r"feature &#x27;sepal_length&#x27;: [^<]*500", dom)
+    assert _figures_in(dom) == {"graph": True, "data-train": True, "data-eval": True}
+    assert re.search(r"Transform\s*</text>\s*<text[^>]*>NOT RUN", dom) and "Pushed: nothing" in dom
