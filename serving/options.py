@@ -1,6 +1,6 @@
 """ServerOptions: the model server's settings, typed, made once from the command line (TF Serving's Server::Options)."""
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Tuple
 
 from serving import defaults
 
@@ -48,8 +48,3 @@ class ServerOptions:
     def inline_max_elements(self) -> int:
         """... if they also declare at most this many tensor elements / examples."""
         return -1 if self.enable_batching else defaults.INLINE_MAX_REQUEST_ELEMENTS
-
-    @property
-    def polled_config_file(self) -> Optional[str]:
-        """The model config file to re-read periodically, if any."""
-        return self.model_config_file if self.model_config_file and self.model_config_file_poll_wait_seconds else None
