@@ -1,10 +1,12 @@
 """The run report: one self-contained HTML page per pipeline run (graph, data, training, evaluation, outcome),
 read from the run's artifacts through ML Metadata and the TFX/TFDV/TFMA readers. It loads nothing from a network:
 its figures are inline SVG and its Content-Security-Policy forbids every fetch."""
+import contextlib
 import dataclasses
 import datetime
 import gzip
 import html
+import logging
 import math
 import os
 import re
@@ -54,10 +56,11 @@ def write_report(workdir: str, run_id: Optional[str] = None, failure: Optional[s
     failure: the error that stopped the run, as `iris-tfx run` printed it, for a failed component whose execution
     recorded no message in ML Metadata (TFX's Beam runner records none for an exception in a component)."""
     from pipeline import summary as summary_lib  # pylint: disable=g-import-not-at-top  (imports TFX)
-    record = read_run(workdir, run_id, pipeline_name)
-    for node in record.summary.failed:
-        node.message = node.message or summary_lib.without_beam_suffix(failure or "")
-    page = render(record, build_figures(record))
+    with _quiet_tensorflow():
+        record = read_run(workdir, run_id, pipeline_name)
+        for node in record.summary.failed:
+            node.message = node.message or summary_lib.without_beam_suffix(failure or "")
+        page = render(record, build_figures(record))
     path = report_path(workdir, record.summary.run_id)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=os.path.dirname(path))
@@ -183,6 +186,18 @@ def class_counts(record: RunRecord) -> Dict[str, Dict[str, int]]:
     return {split: validation.class_counts(stats) for split, stats in validation.load_statistics(statistics).items()}
 
 
+@contextlib.contextmanager
+def _quiet_tensorflow() -> Iterator[None]:
+    """TensorFlow's Python logger at ERROR meanwhile: TFMA's readers log a deprecation WARNING on every call."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def read_examples(examples, sizes: Mapping[str, int], limit: int = MAX_SAMPLED_EXAMPLES
                   ) -> Dict[str, Tuple[Dict[str, np.ndarray], np.ndarray]]:
     """Per split, each feature's values and the species, decoded with tfx-bsl from ExampleGen's own output:
@@ -302,7 +317,8 @@ def read_thresholds(evaluation_dir: str) -> Thresholds:
 # --- the page ---------------------------------------------------------------------------------------------
 
 _STYLE = """
-body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1280px; color: #222; }
+body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px auto; padding: 0 16px; max-width: 1280px;
+       color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 18px; border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 32px; }
 table { border-collapse: collapse; margin: 8px 0; } td, th { border: 1px solid #ddd; padding: 3px 10px; }
 th { background: #f4f4f4; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -361,8 +377,8 @@ def _outcome_section(record: RunRecord) -> str:
 def _pipeline_section(record: RunRecord, drawn: Mapping[str, str]) -> str:
     rows = "".join(f"<tr><td>{_e(n.node)}</td><td>{_e(n.status)}</td><td class=\"num\">{n.seconds:.1f}s</td></tr>"
                    for n in record.summary.nodes)
-    return ('<section id="pipeline"><h2>Pipeline</h2>' + _figure(drawn, "graph")
-            + f"<table><tr><th>component</th><th>status</th><th>time</th></tr>{rows}</table></section>")
+    return ('<section id="pipeline"><h2>Pipeline</h2><div class="figures">' + _figure(drawn, "graph")
+            + f"<table><tr><th>component</th><th>status</th><th>time</th></tr>{rows}</table></div></section>")
 
 
 def _data_section(record: RunRecord, drawn: Mapping[str, str]) -> str:
@@ -444,7 +460,8 @@ def _evaluation_section(record: RunRecord, drawn: Mapping[str, str]) -> str:
             line += f'<td class="{"pass" if passed else "fail"}">{"pass" if passed else "FAIL"}</td>'
         body.append(line + "</tr>")
     matrices = [name for name in drawn if name.startswith("confusion-")]
-    return ('<section id="evaluation"><h2>Evaluation</h2><p>Eval split; the baseline is the previous blessed model.'
-            "</p><table>" + header + "".join(body) + "</table>"
+    baseline = ("the baseline is the previous blessed model" if compared
+                else "no baseline (no earlier blessed model): the floor alone decides")
+    return (f'<section id="evaluation"><h2>Evaluation</h2><p>On the eval split; {baseline}.</p><table>' + header + "".join(body) + "</table>"
             + "".join(f"<p class=\"fail\">threshold not met: {_e(f)}</p>" for f in record.summary.validation_failures)
             + '<div class="figures">' + "".join(_figure(drawn, name) for name in matrices) + "</div></section>")
