@@ -1,22 +1,36 @@
-"""`iris-tfx predict` and IrisClient: query a TF Serving-compatible server (ours or the real one) over gRPC."""
+"""`iris-tfx predict` and IrisClient: query a TF Serving-compatible server (ours or the real one) over gRPC.
+
+Needs no TensorFlow: tensorflow_serving.apis' modules import tensorflow.core.*_pb2, and importing anything in the
+tensorflow package runs tensorflow/__init__.py (~5 s, CUDA plugin errors on stderr). The client reads the same
+installed messages' descriptors without running those modules (TFServingApi) and makes its own classes from them.
+"""
 import argparse
+import ast
 import csv
-import os
+import functools
+import importlib
+import importlib.machinery
+import math
+import pathlib
 import sys
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import Message
 
-import grpc  # noqa: E402
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,  # noqa: E402
-                                     predict_pb2, prediction_service_pb2_grpc)
-
-from components import constants as c  # noqa: E402
-from serving import defaults  # noqa: E402
+from components import constants as c
+from serving import defaults
 
 Row = Union[Mapping[str, float], Sequence[float]]
 CHUNK_ROWS = 1000  # rows per Predict request when a CSV file has many
+# The generated modules holding TF Serving's services (and, through their imports, every message they use).
+SERVICE_MODULES = ("tensorflow_serving.apis.prediction_service_pb2", "tensorflow_serving.apis.model_service_pb2",
+                   "tensorflow.core.example.example_pb2")
+# numpy types of the tensor dtypes the model answers with (TF Serving never puts strings in tensor_content).
+NUMPY_TYPES = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_STRING": object}
 
 
 class ServingClientError(Exception):
@@ -27,6 +41,106 @@ class ServingClientError(Exception):
         self.code = code
 
 
+# --- TF Serving's API, without running TensorFlow ------------------------------------------------------------
+
+def _module_source(module: str) -> pathlib.Path:
+    """The source file of an installed module, found without importing (so running) the packages above it."""
+    spec, path = None, None
+    for part in module.split("."):
+        spec = importlib.machinery.PathFinder.find_spec(part, path)
+        if spec is None:
+            raise ImportError(f"{module} is not installed (tensorflow-serving-api and tensorflow provide it)")
+        path = spec.submodule_search_locations
+    return pathlib.Path(spec.origin)
+
+
+def _generated_module(module: str) -> Tuple[bytes, List[str]]:
+    """A protoc-generated module's serialized FileDescriptorProto and the *_pb2 modules it imports, read from
+    its source. Written here because protobuf has no reader for them: they are meant to be executed."""
+    tree = ast.parse(_module_source(module).read_bytes())
+    imports = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imports += [node.module] if node.module.endswith("_pb2") else [
+                f"{node.module}.{alias.name}" for alias in node.names if alias.name.endswith("_pb2")]
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+        if name == "AddSerializedFile":  # protoc >= 3.20: DESCRIPTOR = pool.AddSerializedFile(b'...')
+            return node.args[0].value, imports
+        if name == "FileDescriptor":  # older protoc: FileDescriptor(..., serialized_pb=b'...' or _b('...'))
+            value = next(k.value for k in node.keywords if k.arg == "serialized_pb")
+            return (value.value if isinstance(value, ast.Constant) else value.args[0].value.encode("latin1")), imports
+    raise ImportError(f"{module}: no serialized descriptor found in {_module_source(module)}")
+
+
+class TFServingApi:
+    """TF Serving's messages and RPC methods, made from the installed generated modules' descriptors in a
+    descriptor pool of its own: TensorFlow's default pool and classes stay untouched if it is imported too."""
+
+    def __init__(self, modules: Sequence[str] = SERVICE_MODULES):
+        self.pool = descriptor_pool.DescriptorPool()
+        self._factory = message_factory.MessageFactory(self.pool)
+        self._added: set = set()
+        for module in modules:
+            self._add(module)
+
+    def _add(self, module: str) -> None:
+        """Adds a module's file to the pool after the files it depends on."""
+        if module in self._added:
+            return
+        self._added.add(module)
+        if module.startswith("google.protobuf."):  # protobuf's well-known types: real modules, no TensorFlow
+            self.pool.AddSerializedFile(importlib.import_module(module).DESCRIPTOR.serialized_pb)
+            return
+        serialized, imports = _generated_module(module)
+        for dependency in imports:
+            self._add(dependency)
+        self.pool.AddSerializedFile(serialized)
+
+    def message(self, full_name: str) -> type:
+        """The class of a message, e.g. 'tensorflow.serving.PredictRequest'."""
+        return self._factory.GetPrototype(self.pool.FindMessageTypeByName(full_name))
+
+    def dtype(self, name: str) -> int:
+        """A tensorflow.DataType value by name, e.g. 'DT_STRING'."""
+        return self.pool.FindEnumTypeByName("tensorflow.DataType").values_by_name[name].number
+
+    def method(self, channel: grpc.Channel, service: str, name: str) -> grpc.UnaryUnaryMultiCallable:
+        """A callable for one RPC, as a generated stub has it: request message in, response message out."""
+        method = self.pool.FindServiceByName(service).FindMethodByName(name)
+        return channel.unary_unary(f"/{service}/{name}",
+                                   request_serializer=self._factory.GetPrototype(method.input_type).SerializeToString,
+                                   response_deserializer=self._factory.GetPrototype(method.output_type).FromString)
+
+
+@functools.lru_cache(maxsize=None)
+def tf_serving_api() -> TFServingApi:
+    """The one TFServingApi of this process (built on first use: ~40 ms)."""
+    return TFServingApi()
+
+
+def tensor_to_array(tensor: Message) -> np.ndarray:
+    """A float, double or string TensorProto as an array, read like tf.make_ndarray (which needs TensorFlow):
+    tensor_content, one typed value per element, or TF's shorthand of fewer values (the last one repeated)."""
+    dtype_name = tensor.DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_number[tensor.dtype].name
+    if dtype_name not in NUMPY_TYPES:
+        raise ServingClientError(f"the server answered a {dtype_name} tensor; expected {', '.join(NUMPY_TYPES)}")
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    numpy_type = NUMPY_TYPES[dtype_name]
+    if tensor.tensor_content:
+        return np.frombuffer(tensor.tensor_content, numpy_type).reshape(shape)
+    values = list({"DT_FLOAT": tensor.float_val, "DT_DOUBLE": tensor.double_val,
+                   "DT_STRING": tensor.string_val}[dtype_name])
+    size = math.prod(shape)
+    if values and len(values) < size:
+        values += values[-1:] * (size - len(values))
+    return np.array(values, dtype=numpy_type).reshape(shape)
+
+
+# --- the client ---------------------------------------------------------------------------------------------
+
 @dataclass
 class Prediction:
     species: str
@@ -34,7 +148,8 @@ class Prediction:
 
 
 class IrisClient:
-    """Python API: `IrisClient("localhost:8500").predict([{"sepal_length": 5.1, ...}])`."""
+    """Python API: `IrisClient("localhost:8500").predict([{"sepal_length": 5.1, ...}])`. Messages are TF Serving's
+    (same fields and wire format) but classes of the client's own descriptor pool (see TFServingApi)."""
 
     def __init__(self, target: str = f"localhost:{defaults.GRPC_PORT}", model_name: str = defaults.MODEL_NAME,
                  version: Optional[int] = None, label: Optional[str] = None, timeout: float = 10.0):
@@ -42,9 +157,11 @@ class IrisClient:
             raise ValueError("give a version or a label, not both")
         self.target, self.model_name, self.version, self.label, self.timeout = (
             target, model_name, version, label, timeout)
+        self.api = tf_serving_api()
         self._channel = grpc.insecure_channel(target)
-        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._predict = self.api.method(self._channel, "tensorflow.serving.PredictionService", "Predict")
+        self._metadata = self.api.method(self._channel, "tensorflow.serving.PredictionService", "GetModelMetadata")
+        self._status = self.api.method(self._channel, "tensorflow.serving.ModelService", "GetModelStatus")
 
     def close(self) -> None:
         self._channel.close()
@@ -55,7 +172,7 @@ class IrisClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _spec(self, spec, signature: str = "") -> None:
+    def _spec(self, spec: Message, signature: str = "") -> None:
         spec.name = self.model_name
         spec.signature_name = signature
         if self.version is not None:
@@ -63,7 +180,7 @@ class IrisClient:
         elif self.label:
             spec.version_label = self.label
 
-    def _call(self, method, request):
+    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: Message) -> Message:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as e:
@@ -82,37 +199,51 @@ class IrisClient:
             return ServingClientError(f"{which} is not served by {self.target}: {details}", code)
         return ServingClientError(f"{code.name} from {self.target} for {which}: {details}", code)
 
+    def predict_requests(self, rows: Iterable[Row]) -> List[Message]:
+        """PredictRequests of CHUNK_ROWS rows each, as serialized tf.Examples in the string tensor that
+        tf.make_tensor_proto(examples, tf.string) makes."""
+        example_class = self.api.message("tensorflow.Example")
+        examples = [_example(example_class, row).SerializeToString() for row in rows]
+        requests = []
+        for start in range(0, len(examples), CHUNK_ROWS):
+            request = self.api.message("tensorflow.serving.PredictRequest")()
+            self._spec(request.model_spec, c.SERVING_SIGNATURE)
+            tensor = request.inputs[c.EXAMPLES_INPUT]
+            tensor.dtype = self.api.dtype("DT_STRING")
+            tensor.tensor_shape.dim.add().size = len(examples[start:start + CHUNK_ROWS])
+            tensor.string_val.extend(examples[start:start + CHUNK_ROWS])
+            requests.append(request)
+        return requests
+
     def predict(self, rows: Iterable[Row]) -> List[Prediction]:
         """Species and class probabilities for each row (feature dict, or the four values in FEATURE_KEYS order)."""
-        import tensorflow as tf
-        examples = [_example(row).SerializeToString() for row in rows]
         results: List[Prediction] = []
-        for start in range(0, len(examples), CHUNK_ROWS):
-            request = predict_pb2.PredictRequest()
-            self._spec(request.model_spec, c.SERVING_SIGNATURE)
-            request.inputs[c.EXAMPLES_INPUT].CopyFrom(
-                tf.make_tensor_proto(examples[start:start + CHUNK_ROWS], dtype=tf.string))
-            response = self._call(self._predict.Predict, request)
-            probabilities = tf.make_ndarray(response.outputs[c.PROBABILITIES_OUTPUT])
-            classes = tf.make_ndarray(response.outputs[c.CLASSES_OUTPUT])
-            species = tf.make_ndarray(response.outputs[c.PREDICTED_OUTPUT])
-            for p, names, s in zip(probabilities, classes, species):
+        for request in self.predict_requests(rows):
+            response = self._call(self._predict, request)
+            try:
+                outputs = [tensor_to_array(response.outputs[key])
+                           for key in (c.PROBABILITIES_OUTPUT, c.CLASSES_OUTPUT, c.PREDICTED_OUTPUT)]
+            except ValueError as e:  # a shape that does not match the values
+                raise ServingClientError(f"{self.target} answered a malformed tensor: {e}") from None
+            for p, names, s in zip(*outputs):
                 results.append(Prediction(s.decode(), {n.decode(): float(v) for n, v in zip(names, p)}))
         return results
 
-    def status(self) -> get_model_status_pb2.GetModelStatusResponse:
-        request = get_model_status_pb2.GetModelStatusRequest()
+    def status(self) -> Message:
+        """The model's GetModelStatusResponse (tensorflow.serving)."""
+        request = self.api.message("tensorflow.serving.GetModelStatusRequest")()
         self._spec(request.model_spec)
-        return self._call(self._models.GetModelStatus, request)
+        return self._call(self._status, request)
 
-    def metadata(self) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    def metadata(self) -> Message:
+        """The model's GetModelMetadataResponse with its signature_def (tensorflow.serving)."""
+        request = self.api.message("tensorflow.serving.GetModelMetadataRequest")(metadata_field=["signature_def"])
         self._spec(request.model_spec)
-        return self._call(self._predict.GetModelMetadata, request)
+        return self._call(self._metadata, request)
 
 
-def _example(row: Row):
-    from tensorflow.core.example import example_pb2
+def _example(example_class: type, row: Row) -> Message:
+    """One row as a tf.Example of the four float features."""
     if isinstance(row, Mapping):
         missing = [k for k in c.FEATURE_KEYS if k not in row]
         if missing:
@@ -123,7 +254,7 @@ def _example(row: Row):
         if len(values) != len(c.FEATURE_KEYS):
             raise ServingClientError(f"expected {len(c.FEATURE_KEYS)} values ({', '.join(c.FEATURE_KEYS)}), "
                                      f"got {len(values)}: {values}")
-    example = example_pb2.Example()
+    example = example_class()
     for key, value in zip(c.FEATURE_KEYS, values):
         try:
             example.features.feature[key].float_list.value.append(float(value))
