@@ -415,8 +415,9 @@ def _data_section(record: RunRecord, drawn: Mapping[str, str]) -> str:
 
 
 def csv_lines(path: str, message: str, limit: int = 20) -> Iterator[Tuple[int, str]]:
-    """The CSV's lines that a failure message names ("line 9", "lines 3, 7 and 12", "<path>:9"), from the file."""
-    named = (re.findall(r"\blines? (\d+(?:(?:, | and )\d+)*)", message)
+    """The CSV's lines that a failure message names ("line 9", "lines 3, 7 and 12", "lines 3, 7 and 40 more",
+    "<path>:9"), from the file."""
+    named = (re.findall(r"\blines? (\d+(?:(?:, | and )\d+(?![\d,]*\s+more))*)", message)
              + re.findall(re.escape(path) + r":(\d+)", message))
     wanted = sorted({int(n) for group in named for n in re.findall(r"\d+", group)})[:limit]
     if not wanted or "://" in path or not os.path.isfile(path):
@@ -462,6 +463,7 @@ def _evaluation_section(record: RunRecord, drawn: Mapping[str, str]) -> str:
     matrices = [name for name in drawn if name.startswith("confusion-")]
     baseline = ("the baseline is the previous blessed model" if compared
                 else "no baseline (no earlier blessed model): the floor alone decides")
-    return (f'<section id="evaluation"><h2>Evaluation</h2><p>On the eval split; {baseline}.</p><table>' + header + "".join(body) + "</table>"
+    return (f'<section id="evaluation"><h2>Evaluation</h2><p>On the eval split; {baseline}.</p>'
+            + "<table>" + header + "".join(body) + "</table>"
             + "".join(f"<p class=\"fail\">threshold not met: {_e(f)}</p>" for f in record.summary.validation_failures)
             + '<div class="figures">' + "".join(_figure(drawn, name) for name in matrices) + "</div></section>")

@@ -68,6 +68,7 @@ def test_csv_lines_quotes_the_lines_a_message_names(tmp_path):
     for path in (plain, packed):
         assert list(report.csv_lines(str(path), f"{path} line 3: sepal_length 500 out of range")) == [(3, lines[2])]
         assert [n for n, _ in report.csv_lines(str(path), "lines 1, 3 and 5: ...")] == [1, 3, 5]
+        assert [n for n, _ in report.csv_lines(str(path), f"{path} lines 2, 4 and 1,030 more: ...")] == [2, 4]
         assert [n for n, _ in report.csv_lines(str(path), f"{path}:4: species 'x'; {path}:2: ...")] == [2, 4]
     assert list(report.csv_lines(str(plain), "split 'eval': species 'versicolor' has 0 examples")) == []
 
