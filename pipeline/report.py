@@ -78,7 +78,8 @@ def write_report(workdir: str, run_id: Optional[str] = None, failure: Optional[s
 def read_run(workdir: str, run_id: Optional[str] = None, pipeline_name: str = constants.PIPELINE_NAME
              ) -> RunRecord:
     """The run's summary (pipeline/summary.py's reading of MLMD), its outputs by node and key, and the DAG."""
-    metadata_path = os.path.join(workdir, "metadata.sqlite")
+    from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    metadata_path = PipelineConfig(workdir=workdir).metadata_path
     if not os.path.isfile(metadata_path):
         raise ReportError(f"--workdir {workdir}: no pipeline run recorded there (no metadata.sqlite)")
     from pipeline import summary as summary_lib  # pylint: disable=g-import-not-at-top  (imports TFX)
@@ -113,6 +114,7 @@ def _outputs_by_key(store, run) -> Dict[str, object]:
 
 
 def _utc(milliseconds: int) -> str:
+    """MLMD's milliseconds since the epoch as people read a time."""
     return datetime.datetime.fromtimestamp(milliseconds / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -124,9 +126,11 @@ def pipeline_dag() -> Tuple[List[str], List[figures.GraphEdge]]:
     components = create_pipeline(PipelineConfig()).components
     edges = []
     for component in components:
-        fed = {channel.producer_component_id: key for key, channel in component.inputs.items()
-               if getattr(channel, "producer_component_id", None)}
-        edges += [figures.GraphEdge(upstream.id, component.id, fed.get(upstream.id, ""))
+        fed: Dict[str, List[str]] = {}  # producer -> the inputs it feeds (Transform feeds the Trainer two)
+        for key, channel in sorted(component.inputs.items()):
+            if getattr(channel, "producer_component_id", None):
+                fed.setdefault(channel.producer_component_id, []).append(key)
+        edges += [figures.GraphEdge(upstream.id, component.id, ", ".join(fed.get(upstream.id, [])))
                   for upstream in sorted(component.upstream_nodes, key=lambda c: c.id)]
     return [c.id for c in components], edges
 
