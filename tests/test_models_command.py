@@ -18,9 +18,10 @@ from google.protobuf import text_format
 
 from components import constants
 from conftest import iris_tfx
+from iris_tfx import models as models_command
 from serving.harness import ServerProcess, copy_version
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 SETOSA = dict(zip(constants.FEATURE_KEYS, (5.1, 3.5, 1.4, 0.2)))
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
@@ -63,6 +64,7 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 120, fai
     raise AssertionError(f"timed out waiting for {what}; failed requests: {list(failures[:3])}")
 
 
+@pytest.mark.e2e
 def test_pin_and_label_refuse_versions_that_cannot_be_served(versions):
     root, base, old, new = versions
     config = root / "refused.config"
@@ -83,6 +85,7 @@ def test_pin_and_label_refuse_versions_that_cannot_be_served(versions):
         assert config.read_text() == before
 
 
+@pytest.mark.e2e
 def test_pin_label_and_rollback_on_a_running_server_without_a_failed_request(pipeline_run, versions):
     root, base, old, new = versions
     config = root / "models.config"
@@ -168,3 +171,28 @@ def test_pin_label_and_rollback_on_a_running_server_without_a_failed_request(pip
     assert failures == [], failures[:5]
     assert {old, new} <= set(seen) and len(seen) > 50
     assert code == 0, server.log()
+
+
+def test_served_versions_follow_tf_servings_version_policies():
+    """What a label may name: the versions the config's policy serves among those on disk."""
+    policy = model_server_config_pb2.ModelConfig().model_version_policy
+    on_disk = [3, 1, 7]
+    assert models_command.served_versions(policy, on_disk) == [7]  # no policy: TF Serving's latest 1
+    policy.latest.num_versions = 2
+    assert models_command.served_versions(policy, on_disk) == [3, 7]
+    policy.specific.versions.extend([1, 9])  # 9 is not on disk
+    assert models_command.served_versions(policy, on_disk) == [1]
+    policy.all.SetInParent()
+    assert models_command.served_versions(policy, on_disk) == [1, 3, 7]
+
+
+def test_config_file_is_replaced_whole(tmp_path):
+    """The server never reads a half-written file: the new text lands by rename, no temp file is left."""
+    path = tmp_path / "models.config"
+    path.write_text("old")
+    inode = path.stat().st_ino
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name="iris", base_path="/models/iris").version_labels["stable"] = 3
+    models_command.write_config(str(path), config)
+    assert text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig()) == config
+    assert path.stat().st_ino != inode and sorted(p.name for p in tmp_path.iterdir()) == ["models.config"]
