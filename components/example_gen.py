@@ -12,7 +12,7 @@ import gzip
 import logging
 import os
 import re
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -39,6 +39,8 @@ OTHER_FORMATS = {b"PK\x03\x04": "a zip archive", b"BZh": "bzip2-compressed", b"\
                  b"\x28\xb5\x2f\xfd": "zstd-compressed", b"PAR1": "a Parquet file", b"\x89PNG": "a PNG image",
                  b"%PDF": "a PDF document"}
 _GLOB_SPECIAL = re.compile(r"([\[*?{])")
+# Custom property of the Examples artifact naming the CSV file read, so that later steps can point at its lines.
+SOURCE_FILE_PROPERTY = "source_file"
 
 
 class CsvInputError(ValueError):
@@ -188,6 +190,8 @@ def find_problem(path: str) -> Optional[str]:
                 continue  # blank lines are skipped, as pyarrow does
             data_rows += 1
             where = f"{path} line {rows.line_num}"
+            if tuple(value.strip() for value in row) == header.names:
+                return f"{where} repeats the header (were two CSV files joined?): remove it"
             if len(row) != len(header.names):
                 return (f"{where}: {len(row)} fields, expected {len(header.names)} like the header "
                         f"(is a value quoted wrongly, or a comma inside a number?)")
@@ -225,9 +229,60 @@ def _shown(value: str) -> str:
     return repr(value) if len(value) <= 40 else repr(value[:40]) + f"... ({len(value):,} characters)"
 
 
+@dataclasses.dataclass(frozen=True)
+class RowCheck:
+    """A rule on one column's values: `offends` maps a block's column to True where a row breaks `rule`."""
+    column: str
+    rule: str
+    offends: Callable[[pa.Array], pa.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowFinding:
+    """The rows breaking one RowCheck: the first few as (line number, the value as written), and how many in all."""
+    check: RowCheck
+    lines: Tuple[Tuple[int, str], ...]
+    count: int
+
+
+def find_rows(path: str, checks: Sequence[RowCheck], limit: int = 5) -> List[RowFinding]:
+    """The rows breaking each check, read as the pipeline reads them (read_record_batches), with their lines."""
+    first: List[List[int]] = [[] for _ in checks]
+    counts = [0] * len(checks)
+    offset = 0
+    for batch in read_record_batches(path):
+        for i, check in enumerate(checks):
+            mask = pc.fill_null(check.offends(batch.column(check.column)), False)
+            rows = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+            counts[i] += len(rows)
+            first[i].extend((rows[:limit - len(first[i])] + offset).tolist())
+        offset += batch.num_rows
+    names = read_header(path).names
+    where = _data_lines(path, {row for rows in first for row in rows})
+    return [RowFinding(check, tuple((where[row][0], where[row][1][names.index(check.column)]) for row in rows), count)
+            for check, rows, count in zip(checks, first, counts)]
+
+
+def _data_lines(path: str, rows: Set[int]) -> Dict[int, Tuple[int, List[str]]]:
+    """Line number and fields of the given data rows (counted from 0 as read_record_batches yields them)."""
+    found: Dict[int, Tuple[int, List[str]]] = {}
+    reader = csv.reader(_lines(path))
+    read_header(path, reader)
+    index = 0
+    for fields in reader:
+        if len(found) == len(rows):
+            break
+        if not fields:
+            continue  # blank lines are skipped, as pyarrow does
+        if index in rows:
+            found[index] = (reader.line_num, fields)
+        index += 1
+    return found
+
+
 # --- encoding ------------------------------------------------------------------------------------
 
-def _as_lists(values: pa.Array) -> pa.LargeListArray:
+def as_lists(values: pa.Array) -> pa.LargeListArray:
     """One value per row as the encoder's list column; a null becomes an empty list (an empty feature),
     which is what TFX's CSV executor writes for an empty cell."""
     valid = values.is_valid().to_numpy(zero_copy_only=False)
@@ -242,7 +297,7 @@ def serialize_examples(encoder: RecordBatchToExamplesEncoder, batch: pa.RecordBa
     """tf.Examples byte-identical to their deterministic serialization (features in key order), so TFX's
     sha256 split puts each row where TFX's CsvExampleGen does. The encoder writes the feature map in hash order
     (a different order each run), so each column is encoded alone and the rows' features are framed here."""
-    parts = [encoder.encode(pa.RecordBatch.from_arrays([_as_lists(batch.column(key))], [key]))
+    parts = [encoder.encode(pa.RecordBatch.from_arrays([as_lists(batch.column(key))], [key]))
              for key in SORTED_COLUMNS]
     examples = []
     # Each one-feature Example is b"\x0a" <length> <feature entry>; no field is long enough for a 2-byte length.
@@ -311,13 +366,16 @@ class Executor(BaseExampleGenExecutor):
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # pylint: disable=invalid-name
         """Runs TFX's Do; if it fails, the file is checked again here to report its first problem in one line
-        (Beam wraps a worker's exception in its traceback)."""
+        (Beam wraps a worker's exception in its traceback). The examples record the file they came from."""
         self._examples = output_dict[standard_component_specs.EXAMPLES_KEY]
+        path = input_file(exec_properties)
         try:
             super().Do(input_dict, output_dict, exec_properties)
         except Exception:  # pylint: disable=broad-except  (re-raised unless the file explains it)
-            problem = find_problem(input_file(exec_properties))
+            problem = find_problem(path)
             if problem is None:
                 raise
             logging.exception("CsvExampleGen failed on a bad input file")
             raise CsvInputError(problem) from None
+        for examples in self._examples:
+            examples.set_string_custom_property(SOURCE_FILE_PROPERTY, path)

@@ -124,7 +124,8 @@ def tf_serving_api() -> TFServingApi:
 def tensor_to_array(tensor: Message) -> np.ndarray:
     """A float, double or string TensorProto as an array, read like tf.make_ndarray (which needs TensorFlow):
     tensor_content, one typed value per element, or TF's shorthand of fewer values (the last one repeated)."""
-    dtype_name = tensor.DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_number[tensor.dtype].name
+    dtype = tensor.DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_number.get(tensor.dtype)
+    dtype_name = dtype.name if dtype is not None else f"dtype {tensor.dtype}"
     if dtype_name not in NUMPY_TYPES:
         raise ServingClientError(f"the server answered a {dtype_name} tensor; expected {', '.join(NUMPY_TYPES)}")
     shape = [dim.size for dim in tensor.tensor_shape.dim]
@@ -143,6 +144,7 @@ def tensor_to_array(tensor: Message) -> np.ndarray:
 
 @dataclass
 class Prediction:
+    """One row's answer: the most probable species and each species' probability."""
     species: str
     probabilities: Dict[str, float]
 
@@ -164,6 +166,7 @@ class IrisClient:
         self._status = self.api.method(self._channel, "tensorflow.serving.ModelService", "GetModelStatus")
 
     def close(self) -> None:
+        """Closes the gRPC channel."""
         self._channel.close()
 
     def __enter__(self) -> "IrisClient":
