@@ -7,7 +7,9 @@ from typing import Dict, List
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import tensorflow_data_validation as tfdv
 from google.protobuf import text_format
+from tensorflow_data_validation.statistics import stats_impl, stats_options
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components import constants
@@ -72,8 +74,6 @@ def test_a_header_repeated_inside_the_file_is_named(tmp_path):
 def gate_message(path: pathlib.Path) -> List[str]:
     """What AnomaliesGate says of the CSV: TFDV's statistics of the features ExampleGen encodes from what its
     reader reads (rows split in two like train/eval), validated against schema/schema.pbtxt; in memory."""
-    from tensorflow_data_validation.statistics import stats_impl, stats_options  # pylint: disable=import-outside-toplevel
-    import tensorflow_data_validation as tfdv  # pylint: disable=import-outside-toplevel  (slow import)
     schema = text_format.Parse((REPO / "schema" / "schema.pbtxt").read_text(), schema_pb2.Schema())
     table = pa.Table.from_batches(list(example_gen.read_record_batches(str(path))))
     features = pa.RecordBatch.from_arrays(
