@@ -287,16 +287,21 @@ def _rows_from_values(values: List[str]) -> List[List[str]]:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `iris-tfx predict`; returns the process exit code."""
     p = argparse.ArgumentParser(prog="iris-tfx predict", description=(
-        "Classify iris measurements with a TensorFlow Serving-compatible server over gRPC."))
-    p.add_argument("values", nargs="*", help=f"measurements, {len(c.FEATURE_KEYS)} per row: "
+        "Classify iris measurements with a TensorFlow Serving-compatible server over gRPC (iris-tfx serve or "
+        "tensorflow_model_server); prints one line per row: species and each species' probability."),
+        epilog="example: iris-tfx predict 5.1 3.5 1.4 0.2  (exit codes: 0 answered, 1 failed, 2 bad command line)")
+    p.add_argument("values", nargs="*", help=f"measurements in cm, {len(c.FEATURE_KEYS)} per row: "
                                              f"{' '.join(c.FEATURE_KEYS)} (commas or spaces)")
-    p.add_argument("--csv", help="CSV file with a header naming the features; one prediction per row")
-    p.add_argument("--server", default=f"localhost:{defaults.GRPC_PORT}", help="host:port of the gRPC server")
-    p.add_argument("--model", default=defaults.MODEL_NAME)
+    p.add_argument("--csv", help="CSV file with a header naming the features (other columns are ignored); "
+                                 "one prediction per row, after those given as values")
+    p.add_argument("--server", default=f"localhost:{defaults.GRPC_PORT}",
+                   help="host:port of the server's gRPC API (default: %(default)s)")
+    p.add_argument("--model", default=defaults.MODEL_NAME, help="model name on the server (default: %(default)s)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--version", type=int)
-    which.add_argument("--label", help="version label, e.g. stable or canary")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    which.add_argument("--version", type=int, help="model version to query (default: the server's latest)")
+    which.add_argument("--label", help="version label to query, as the server's model config assigns "
+                                       "(e.g. stable, canary; default: none, the latest version)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per request (default: %(default)s)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.values and not args.csv:
         p.error("give measurements or --csv FILE")
