@@ -120,7 +120,9 @@ def _figures_in(dom: str) -> dict:
 
 @pytest.mark.e2e
 def test_report_of_a_real_run_opens_offline_with_every_figure(pipeline_run, tmp_path):
-    path = pathlib.Path(report.write_report(str(pipeline_run.workdir)))
+    result = iris_tfx("report", "--workdir", str(pipeline_run.workdir))
+    assert result.returncode == 0, result.stderr
+    path = pathlib.Path(result.stdout.strip().splitlines()[-1].removeprefix("Report: "))
     run_id = path.stem
     assert path == pipeline_run.workdir / "reports" / f"{run_id}.html"
     text = path.read_text()
@@ -168,3 +170,14 @@ def test_report_of_refused_data_shows_the_refusal_and_the_rows(tmp_path):
                      r"feature 'sepal_length': [^<]*500", dom)  # the browser's DOM: quotes unescaped
     assert _figures_in(dom) == {"graph": True, "data-train": True, "data-eval": True}
     assert re.search(r"Transform\s*</text>\s*<text[^>]*>NOT RUN", dom) and "Pushed: nothing" in dom
+
+
+@pytest.mark.e2e
+def test_report_command_refuses_an_unknown_run_or_workdir(pipeline_run, tmp_path):
+    """Exit 2 and one line saying what is missing where."""
+    for args, error in ((["--workdir", str(tmp_path)], f"--workdir {tmp_path}: no pipeline run recorded there"),
+                        (["--workdir", str(pipeline_run.workdir), "--run", "20200101-000000.000000"],
+                         f"--workdir {pipeline_run.workdir}: no run with id 20200101-000000.000000")):
+        result = iris_tfx("report", *args)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.strip().splitlines()[-1].startswith(f"iris-tfx: error: {error}"), result.stderr
