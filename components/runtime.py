@@ -5,6 +5,7 @@ prepare() before TensorFlow is imported; child processes inherit its environment
 below it import TensorFlow themselves, when called.
 """
 import json
+import logging
 import os
 import warnings
 from typing import TYPE_CHECKING, List
@@ -18,12 +19,17 @@ _ENVIRONMENT = {
 }
 
 
-def prepare() -> None:
+def prepare(quiet: bool = False) -> None:
     """Sets TensorFlow's environment (unless the user set it) and quiets import-time warnings; idempotent.
+    `quiet`: a command whose output is all the user reads (not a run's log file or a server's log) also hides
+    TensorFlow's C++ errors at start-up (CUDA plugins on a machine without a GPU) and its Python warnings.
 
     Call it before TensorFlow is imported: TensorFlow reads these variables once, on import."""
     for name, value in _ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
+        os.environ.setdefault(name, "3" if quiet and name == "TF_CPP_MIN_LOG_LEVEL" else value)
+    if quiet:
+        for name in ("tensorflow", "absl"):  # TF's deprecation warnings (e.g. read by TFMA), absl's INFO lines
+            logging.getLogger(name).setLevel(logging.ERROR)
     # Google's client libraries (pulled in by TFX) warn about Python 3.10 on import: not the user's concern.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 

@@ -17,12 +17,14 @@ COMMAND_GROUPS = (
     "iris_tfx.models",
     "iris_tfx.report",
 )
+# Commands whose logs are read as logs (a run's log file, a server's output): TensorFlow's warnings stay in them.
+LOGGING_COMMANDS = ("run", "serve")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The console script: prepares TensorFlow's runtime, then runs the command's handler; returns its exit code."""
-    runtime.prepare()  # first: before any command imports TensorFlow
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)  # imports no TensorFlow
+    runtime.prepare(quiet=args.command not in LOGGING_COMMANDS)  # before any command imports TensorFlow
     return args.handler(args)
 
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterator, Optional, Set
+from typing import Iterator, Optional, Set, Tuple
 
 import psutil
 
@@ -84,18 +84,24 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_locked(args: argparse.Namespace, progress: "console.ProgressHandler") -> int:
     """The run itself, while this process holds the workdir's lock."""
-    log_path = os.path.join(args.workdir, "logs", datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S.log"))
+    run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S.%f")  # TFX's own runners' format
+    log_path = os.path.join(args.workdir, "logs", f"run-{run_id}.log")
     print(f"Running the pipeline on {args.data} with the {args.runner} runner"
           + ("" if args.verbose else f" (logs: {log_path})"), flush=True)
     started = time.monotonic()
     with contextlib.nullcontext() if args.verbose else console.logs_to(log_path):
-        summary, failure = _run_pipeline(args, progress)
+        summary, failure = _run_pipeline(args, progress, run_id)
+        from pipeline.summary import without_beam_suffix  # pylint: disable=g-import-not-at-top  (imports TFX)
+        reason = without_beam_suffix(str(failure)) if failure is not None else None
+        report, report_error = _write_report(args.workdir, run_id, reason) if summary else (None, None)
     print()
     print(summary.format() if summary else "No run recorded.")
     print(f"Total wall time: {time.monotonic() - started:.1f}s")
+    if report:
+        print(f"Report: {report}")
+    if report_error:
+        console.error(f"the report could not be written: {report_error}")
     if failure is not None:
-        from pipeline.summary import without_beam_suffix  # pylint: disable=g-import-not-at-top  (imports TFX)
-        reason = without_beam_suffix(str(failure))
         failed = summary.failed if summary else []
         for message in [f"{node.node} failed: {node.message or reason}" for node in failed] or [reason]:
             print(file=sys.stderr)
@@ -108,7 +114,17 @@ def _run_locked(args: argparse.Namespace, progress: "console.ProgressHandler") -
     return 0
 
 
-def _run_pipeline(args: argparse.Namespace, progress: "console.ProgressHandler"):
+def _write_report(workdir: str, run_id: str, failure: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """The run's HTML report's path, or why it could not be drawn: that never changes the run's exit code. Called
+    while stderr goes to the run's log, where the report's libraries log too."""
+    from pipeline import report  # pylint: disable=g-import-not-at-top  (imports matplotlib)
+    try:
+        return report.write_report(workdir, run_id, failure=failure), None
+    except Exception as err:  # pylint: disable=broad-except
+        return None, str(err)
+
+
+def _run_pipeline(args: argparse.Namespace, progress: "console.ProgressHandler", run_id: str):
     """Runs the pipeline with the chosen runner; returns its summary and the exception if it failed."""
     config = PipelineConfig(
         data_path=args.data, schema_path=args.schema, workdir=args.workdir, serving_dir=args.serving_dir,
@@ -117,18 +133,17 @@ def _run_pipeline(args: argparse.Namespace, progress: "console.ProgressHandler")
         beam_pipeline_args=flags.beam_args(args.beam_arg))
     console.say(f"  pipeline root {config.pipeline_root}, models pushed to {config.push_dir}")
     failure = None
-    started_ms = int(time.time() * 1000)  # after taking the workdir's lock: no other run's records are newer
     # Started before TensorFlow is imported here, so the Beam workers' imports happen meanwhile.
     with beam_workers.forked_workers(config.beam_pipeline_args), console.progress(progress):
         from pipeline import runners  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
         try:
             if args.cpu_replicas > 1:
                 runtime.logical_cpus(args.cpu_replicas)  # before any TensorFlow work: devices cannot change later
-            runners.RUNNERS[args.runner](config)
+            runners.RUNNERS[args.runner](config, run_id)
         except Exception as err:  # pylint: disable=broad-except  (reported by the caller, with MLMD's record)
             failure = err
     from pipeline.summary import summarize  # pylint: disable=g-import-not-at-top
-    summary = summarize(config.metadata_path, config.pipeline_name, started_ms) if os.path.exists(
+    summary = summarize(config.metadata_path, config.pipeline_name, run_id=run_id) if os.path.exists(
         config.metadata_path) else None
     return summary, failure
 

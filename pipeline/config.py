@@ -63,6 +63,10 @@ class PipelineConfig:
         """Held (flock) by the one `iris-tfx run` using this workdir."""
         return os.path.join(self.workdir, "iris-tfx.lock")
 
+    def report_path(self, run_id: str) -> str:
+        """Where a run's HTML report is written (`iris-tfx report`) and found (`iris-tfx runs show`)."""
+        return os.path.join(self.workdir, "reports", f"{run_id}.html")
+
     @property
     def push_dir(self) -> str:
         return self.serving_dir or default_serving_dir(self.workdir, self.model_name)

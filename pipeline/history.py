@@ -48,11 +48,6 @@ class RunRecord:
         return None if self.summary.push_cached else self.summary.pushed_version
 
 
-def report_path(workdir: str, run_id: str) -> str:
-    """Where `iris-tfx report` writes a run's HTML report (the report command's convention)."""
-    return os.path.join(workdir, "reports", f"{run_id}.html")
-
-
 def runs(workdir: str, pipeline_name: str = constants.PIPELINE_NAME) -> List[RunRecord]:
     """Every run of the pipeline recorded in the workdir's ML Metadata, newest first."""
     metadata_path = _metadata_path(workdir)
@@ -101,7 +96,7 @@ def format_table(records: List[RunRecord]) -> str:
 def format_run(record: RunRecord, workdir: str) -> str:
     """A run's summary again, with its start, status, data and report path."""
     summary = record.summary
-    report = report_path(workdir, record.run_id)
+    report = PipelineConfig(workdir=workdir).report_path(record.run_id)
     data = summary.data_path or "-"
     if summary.fingerprint:
         data += f" (span {summary.span}, fingerprint {summary.fingerprint})"

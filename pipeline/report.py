@@ -17,11 +17,11 @@ import numpy as np
 
 from components import constants
 from pipeline import report_figures as figures
+from pipeline.config import PipelineConfig
 
 if TYPE_CHECKING:  # imported where used: it imports TFX, and a wrong --workdir should fail at once
     from pipeline.summary import RunSummary
 
-REPORTS_DIR = "reports"          # <workdir>/reports/<run id>.html (run history links to it by this path)
 MAX_SAMPLED_EXAMPLES = 50_000    # per split for the histograms: enough for their shape, bounded for big data
 NOT_RUN = "NOT RUN"
 _ACCURACY = "sparse_categorical_accuracy"
@@ -44,11 +44,6 @@ class RunRecord:
     pipeline_edges: List[figures.GraphEdge] = dataclasses.field(default_factory=list)
 
 
-def report_path(workdir: str, run_id: str) -> str:
-    """Where a run's report is written (and found by `iris-tfx runs show`)."""
-    return os.path.join(workdir, REPORTS_DIR, f"{run_id}.html")
-
-
 def write_report(workdir: str, run_id: Optional[str] = None, failure: Optional[str] = None,
                  pipeline_name: str = constants.PIPELINE_NAME) -> str:
     """Writes <workdir>/reports/<run id>.html for that run (default: the latest) and returns its path.
@@ -61,7 +56,7 @@ def write_report(workdir: str, run_id: Optional[str] = None, failure: Optional[s
         for node in record.summary.failed:
             node.message = node.message or summary_lib.without_beam_suffix(failure or "")
         page = render(record, build_figures(record))
-    path = report_path(workdir, record.summary.run_id)
+    path = PipelineConfig(workdir=workdir).report_path(record.summary.run_id)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=os.path.dirname(path))
     with os.fdopen(descriptor, "w", encoding="utf-8") as f:
@@ -78,7 +73,6 @@ def write_report(workdir: str, run_id: Optional[str] = None, failure: Optional[s
 def read_run(workdir: str, run_id: Optional[str] = None, pipeline_name: str = constants.PIPELINE_NAME
              ) -> RunRecord:
     """The run's summary (pipeline/summary.py's reading of MLMD), its outputs by node and key, and the DAG."""
-    from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
     metadata_path = PipelineConfig(workdir=workdir).metadata_path
     if not os.path.isfile(metadata_path):
         raise ReportError(f"--workdir {workdir}: no pipeline run recorded there (no metadata.sqlite)")
@@ -121,7 +115,6 @@ def _utc(milliseconds: int) -> str:
 def pipeline_dag() -> Tuple[List[str], List[figures.GraphEdge]]:
     """The pipeline's nodes and edges from create_pipeline itself (a failed run records no execution for the
     nodes it never reached, and MLMD keeps no copy of the DAG), each data edge labelled with its input key."""
-    from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
     from pipeline.pipeline import create_pipeline
     components = create_pipeline(PipelineConfig()).components
     edges = []

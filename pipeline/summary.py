@@ -7,13 +7,13 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from google.protobuf import text_format
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
 from tfx import types
 from tfx.orchestration import metadata
 from tfx.types import artifact_utils
 
 from components.hyperparameters import describe_training
 from components.validation import describe_anomalies, load_anomalies
+from pipeline.config import sqlite_metadata
 
 _STATES = {value: name for name, value in metadata_store_pb2.Execution.State.items()}
 ACCURACY = "sparse_categorical_accuracy"  # the name TFMA gives the Evaluator's SparseCategoricalAccuracy
@@ -94,21 +94,18 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def summarize(metadata_path: str, pipeline_name: str, since_ms: int = 0,
-              run_id: Optional[str] = None) -> Optional[RunSummary]:
-    """Summary of the newest run of `pipeline_name` (started at or after since_ms; the one named run_id if given)
-    in the SQLite MLMD."""
+def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = None) -> Optional[RunSummary]:
+    """Summary of the run named run_id (default: the newest run) of `pipeline_name` in the SQLite MLMD."""
     with open_store(metadata_path) as store:
         runs = [run for run in pipeline_runs(store, pipeline_name)
-                if run.create_time_since_epoch >= since_ms and run_id in (None, run.name)]
+                if run_id in (None, run.name)]
         return summarize_run(store, runs[0]) if runs else None
 
 
 @contextlib.contextmanager
 def open_store(metadata_path: str) -> Iterator[Any]:
     """The MLMD store of a workdir's SQLite file, open for the with-block."""
-    config = tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
-    with metadata.Metadata(config) as m:
+    with metadata.Metadata(sqlite_metadata(metadata_path)) as m:
         yield m.store
 
 

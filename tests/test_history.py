@@ -121,3 +121,14 @@ def test_lock_holder_is_read_from_the_lock_file(tmp_path):
     assert history._lock_holder_started_ms(str(tmp_path)) is None  # that process has ended
     lock.write_text("")  # what a finished run leaves
     assert history._lock_holder_started_ms(str(tmp_path)) is None
+
+
+@pytest.mark.e2e
+def test_one_run_id_names_the_log_the_summary_the_report_and_the_history(pipeline_run):
+    out = pipeline_run.result.stdout
+    run_id = re.search(rf"^Run ({RUN_ID})$", out, re.M).group(1)
+    assert re.search(rf"\(logs: .*/logs/run-{re.escape(run_id)}\.log\)", out), out.splitlines()[0]
+    assert (pipeline_run.workdir / "logs" / f"run-{run_id}.log").is_file()
+    report = pipeline_run.workdir / "reports" / f"{run_id}.html"
+    assert f"Report: {report}" in out and report.is_file()
+    assert history.runs(str(pipeline_run.workdir))[0].run_id == run_id
