@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 import time
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Set
 
 
 def say(line: str) -> None:
@@ -21,10 +21,13 @@ class ProgressHandler(logging.Handler):
     """Turns TFX's 'node X is running/finished' log records into one console line per component."""
     _START = ("node %s is running.", "Component %s is running.")
     _END = ("node %s is finished.", "Component %s is finished.")
+    _CACHED = "A cached execution %d is used."  # TFX's launcher, in the node's own thread, between the two
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self._started = {}
+        self._node_of_thread: Dict[int, str] = {}
+        self._cached: Set[str] = set()
         self.finished: List[str] = []  # in order: what an interrupted run reports
 
     @property
@@ -34,11 +37,15 @@ class ProgressHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg in self._START:
             self._started[record.args[0]] = time.monotonic()
+            self._node_of_thread[record.thread] = record.args[0]
             say(f"  > {record.args[0]} running...")
+        elif record.msg == self._CACHED and record.thread in self._node_of_thread:
+            self._cached.add(self._node_of_thread[record.thread])
         elif record.msg in self._END:
             seconds = time.monotonic() - self._started.get(record.args[0], time.monotonic())
             self.finished.append(record.args[0])
-            say(f"    {record.args[0]} done in {seconds:.1f}s")
+            say(f"    {record.args[0]} CACHED (outputs of an earlier run with the same inputs)"
+                if record.args[0] in self._cached else f"    {record.args[0]} done in {seconds:.1f}s")
 
 
 @contextlib.contextmanager

@@ -132,6 +132,7 @@ def _run_pipeline(args: argparse.Namespace, progress: "console.ProgressHandler",
         training=dataclasses.replace(Hyperparameters(), epochs=args.epochs, cpu_replicas=args.cpu_replicas),
         beam_pipeline_args=flags.beam_args(args.beam_arg))
     console.say(f"  pipeline root {config.pipeline_root}, models pushed to {config.push_dir}")
+    console.say("  starting: importing TensorFlow and TFX, forking the Beam workers (10-40 s)...")
     failure = None
     # Started before TensorFlow is imported here, so the Beam workers' imports happen meanwhile.
     with beam_workers.forked_workers(config.beam_pipeline_args), console.progress(progress):

@@ -1,5 +1,6 @@
 """The iris-tfx command's assembly (iris_tfx/main.py) and the runtime preparation every entry point calls first."""
 import os
+import re
 import subprocess
 import sys
 
@@ -53,3 +54,25 @@ def test_preparing_and_building_the_command_line_import_no_tensorflow():
             "main.parser(); assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_progress_says_cached_for_a_node_whose_cached_execution_is_reused(capsys):
+    # TFX's launcher logs the cache hit in the node's own thread, between "running" and "finished".
+    import logging
+    from iris_tfx import console
+    handler = console.ProgressHandler()
+
+    def record(message, *args, thread=1):
+        item = logging.LogRecord("absl", logging.INFO, __file__, 1, message, args, None)
+        item.thread = thread
+        handler.emit(item)
+
+    record("node %s is running.", "Trainer", thread=1)
+    record("node %s is running.", "Transform", thread=2)
+    record("A cached execution %d is used.", 7, thread=2)
+    record("node %s is finished.", "Transform", thread=2)
+    record("node %s is finished.", "Trainer", thread=1)
+    out = capsys.readouterr().out
+    assert "    Transform CACHED (outputs of an earlier run with the same inputs)" in out
+    assert re.search(r"^    Trainer done in \d+\.\ds$", out, re.M), out
+    assert handler.finished == ["Transform", "Trainer"]
