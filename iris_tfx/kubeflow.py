@@ -25,14 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="Beam pipeline arg for the components' Beam jobs, repeatable")
     compile_.add_argument("--accuracy-floor", type=flags.fraction, default=PipelineConfig.accuracy_floor,
                           help="overall eval accuracy the model needs to be pushed, in [0, 1] (default: %(default)s)")
-    compile_.add_argument("--output", default="pipeline.yaml")
+    compile_.add_argument("--output", default="pipeline.yaml",
+                          help="the KFP v2 package to write, .yaml (default: %(default)s)")
     compile_.set_defaults(handler=_compile)
     submit = kubeflow_commands.add_parser("submit", help="upload and start a run with kfp.Client")
     submit.add_argument("--package", default="pipeline.yaml", help="compiled pipeline (default: %(default)s)")
-    submit.add_argument("--host", help="Kubeflow Pipelines API endpoint")
-    submit.add_argument("--experiment", default="iris")
-    submit.add_argument("--run-name")
-    submit.add_argument("--namespace")
+    submit.add_argument("--host", help="Kubeflow Pipelines API endpoint (default: kfp.Client's: in-cluster, or the KF_PIPELINES_ENDPOINT environment variable)")
+    submit.add_argument("--experiment", default="iris", help="experiment to file the run under (default: %(default)s)")
+    submit.add_argument("--run-name", help="the run's name (default: KFP's)")
+    submit.add_argument("--namespace", help="Kubeflow namespace of the run and experiment (default: kfp.Client's)")
     submit.add_argument("--dry-run", action="store_true", help="everything but the network call")
     submit.set_defaults(handler=_submit)
 

@@ -14,8 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     schema_commands = schema.add_subparsers(dest="schema_command", required=True, metavar="COMMAND")
     propose = schema_commands.add_parser(
         "propose", help="infer a schema from the data's statistics, for review against schema/schema.pbtxt")
-    propose.add_argument("--data", default=DEFAULT_DATA)
-    propose.add_argument("--out", default=os.path.join("schema", "proposed_schema.pbtxt"))
+    propose.add_argument("--data", default=DEFAULT_DATA, help="CSV to infer the schema from (default: %(default)s)")
+    propose.add_argument("--out", default=os.path.join("schema", "proposed_schema.pbtxt"),
+                         help="where to write the proposed schema, for review (default: %(default)s)")
     propose.set_defaults(handler=_propose)
 
 

@@ -133,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """`iris-tfx data synth`: writes the CSV and prints where, or one error line (exit 2) on bad arguments."""
     parser = argparse.ArgumentParser(prog="iris-tfx data synth", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, required=True, help="number of data rows (>= 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: same rows and seed, same file")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: same rows and seed, same file (default: %(default)s)")
     parser.add_argument("--out", help="CSV path, .csv.gz to compress (default iris-tfx-work/data/"
                                       "synthetic-<rows>-seed<seed>.csv)")
     args = parser.parse_args(argv)
