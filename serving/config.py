@@ -122,22 +122,27 @@ def parse_flags(argv: List[str]) -> ServerOptions:
     """tensorflow_model_server's flags (`--flag=value` or `--flag value`) as ServerOptions; reads no file."""
     d = ServerOptions()
     p = argparse.ArgumentParser(prog="iris-tfx serve", description=(
-        "TensorFlow Serving-compatible model server (gRPC and REST) for the pushed Iris models."))
+        "TensorFlow Serving-compatible model server (gRPC and REST) for the pushed Iris models."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # every flag's --help line ends with its default
     p.add_argument("--port", type=int, default=d.port, help="gRPC port")
     p.add_argument("--rest_api_port", type=int, default=d.rest_api_port, help="REST port (0 disables REST)")
-    p.add_argument("--model_name", default=d.model_name)
-    p.add_argument("--model_base_path", default=d.model_base_path)
+    p.add_argument("--model_name", default=d.model_name, help="name clients ask for")
+    p.add_argument("--model_base_path", default=d.model_base_path,
+                   help="directory holding one numbered directory per version (what the pipeline pushes)")
     p.add_argument("--model_config_file", default=d.model_config_file,
                    help="ModelServerConfig text file (overrides --model_name and --model_base_path)")
     p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=d.model_config_file_poll_wait_seconds,
                    help="re-read --model_config_file this often (0: never)")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=d.file_system_poll_wait_seconds,
                    help="poll base paths for new versions this often (0: only at start)")
-    p.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=d.enable_batching)
-    p.add_argument("--batching_parameters_file", default=d.batching_parameters_file)
+    p.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=d.enable_batching,
+                   help="batch concurrent inference requests into one Session run")
+    p.add_argument("--batching_parameters_file", default=d.batching_parameters_file,
+                   help="BatchingParameters text file (empty: TF Serving's defaults)")
     p.add_argument("--monitoring_config_file", default=d.monitoring_config_file,
-                   help="MonitoringConfig text file (default: Prometheus on)")
-    p.add_argument("--grpc_max_threads", type=int, default=d.grpc_max_threads)
+                   help="MonitoringConfig text file (empty: Prometheus on, at its usual path)")
+    p.add_argument("--grpc_max_threads", type=int, default=d.grpc_max_threads,
+                   help="threads for large, batched or blocking requests (small ones run on the event loop)")
     p.add_argument("--rest_api_num_threads", type=int, default=d.rest_api_num_threads,
                    help="accepted for compatibility and ignored: REST runs on the event loop, large requests in "
                         "the --grpc_max_threads pool")
@@ -149,7 +154,8 @@ def parse_flags(argv: List[str]) -> ServerOptions:
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=d.tensorflow_inter_op_parallelism,
                    help="threads running ops (0: one per core; negative: each request's own thread)")
     p.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
-                   default=d.allow_version_labels_for_unavailable_models)
+                   default=d.allow_version_labels_for_unavailable_models,
+                   help="let the config file label a version that is not loaded yet")
     # Extensions of this server (not tensorflow_model_server flags).
     p.add_argument("--host", default=d.host, help="address to bind (extension; TF Serving binds all)")
     p.add_argument("--max_request_bytes", type=int, default=d.max_request_bytes,
