@@ -21,11 +21,12 @@ setup:
 	$(VENV)/bin/pip install --quiet pip==24.3.1
 	$(VENV)/bin/pip install --quiet -r requirements.lock
 	$(VENV)/bin/pip install --quiet --no-deps -e .
-	@# The scanner of the manifests and the Dockerfile (tests/test_k8s.py): checkov in its own virtualenv, from
+	@# The scanner of the manifests and the Dockerfile (tests/test_k8s_scan.py): checkov in its own virtualenv, from
 	@# its own lock (its pins conflict with requirements.lock); the '*' .gitignore keeps the venv out of git.
 	$(PYTHON) -m venv .venv-scan
 	echo '*' > .venv-scan/.gitignore
 	.venv-scan/bin/pip install --quiet -r requirements-scan.lock
+	@echo "Set up. 'make run' runs the pipeline; '. $(VENV)/bin/activate' puts iris-tfx on your PATH."
 
 run:
 	$(VENV)/bin/iris-tfx run
