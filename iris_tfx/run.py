@@ -143,9 +143,12 @@ def _run_pipeline(args: argparse.Namespace, progress: "console.ProgressHandler",
             runners.RUNNERS[args.runner](config, run_id)
         except Exception as err:  # pylint: disable=broad-except  (reported by the caller, with MLMD's record)
             failure = err
-    from pipeline.summary import summarize  # pylint: disable=g-import-not-at-top
-    summary = summarize(config.metadata_path, config.pipeline_name, run_id=run_id) if os.path.exists(
-        config.metadata_path) else None
+    from pipeline.summary import record_failure, summarize, without_beam_suffix  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(config.metadata_path):
+        return None, failure
+    if failure is not None:
+        record_failure(config.metadata_path, run_id, without_beam_suffix(str(failure)))
+    summary = summarize(config.metadata_path, config.pipeline_name, run_id=run_id)
     return summary, failure
 
 

@@ -100,7 +100,8 @@ def format_run(record: RunRecord, workdir: str) -> str:
     data = summary.data_path or "-"
     if summary.fingerprint:
         data += f" (span {summary.span}, fingerprint {summary.fingerprint})"
-    lines = [summary.format(), f"Started: {record.started}", f"Status: {record.status}", f"Data: {data}",
+    lines = [summary.format()] + [f"{node.node} failed: {node.message}" for node in summary.failed if node.message]
+    lines += [f"Started: {record.started}", f"Status: {record.status}", f"Data: {data}",
              f"Report: {report}" + ("" if os.path.exists(report) else
                                     f" (not written; `iris-tfx report --workdir {workdir} --run {record.run_id}`)")]
     return "\n".join(lines)

@@ -164,6 +164,22 @@ def _node_name(store, execution) -> str:
     return execution.type
 
 
+def record_failure(metadata_path: str, run_id: str, message: str) -> None:
+    """Stores `message` as the result of the run's failed executions that have none: TFX's BeamDagRunner records
+    no message for a component that raised, so without this `runs show` and the report could not say why later."""
+    from tfx.orchestration.portable.mlmd import execution_lib  # pylint: disable=g-import-not-at-top
+    from tfx.proto.orchestration import execution_result_pb2  # pylint: disable=g-import-not-at-top
+    with open_store(metadata_path) as store:
+        runs = [run for run in store.get_contexts_by_type("pipeline_run") if run.name == run_id]
+        failed = [e for run in runs for e in store.get_executions_by_context(run.id)
+                  if e.last_known_state == metadata_store_pb2.Execution.FAILED and not _error_message(e)]
+        for execution in failed:
+            execution_lib.set_execution_result(
+                execution_result_pb2.ExecutionResult(code=2, result_message=message), execution)  # 2: UNKNOWN
+        if failed:
+            store.put_executions(failed)
+
+
 def _error_message(execution) -> str:
     result = execution.custom_properties.get("__execution_result__")
     if result is None or not result.string_value:
