@@ -32,7 +32,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(statistics=statistics_gen.outputs["statistics"],
-                         anomalies=example_validator.outputs["anomalies"])
+                         anomalies=example_validator.outputs["anomalies"],
+                         examples=example_gen.outputs["examples"])  # to name the CSV lines of a refused value
 
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
