@@ -48,7 +48,7 @@ class MetricRow:
 class RunSummary:
     run_id: str
     nodes: List[NodeResult]
-    anomalies: str = ""
+    anomalies: Optional[str] = None  # None: the data was never checked (the run stopped before ExampleValidator)
     metrics: Dict[str, MetricRow] = dataclasses.field(default_factory=dict)  # by "metric [slice]"
     validation_failures: List[str] = dataclasses.field(default_factory=list)
     blessed: Optional[bool] = None
@@ -68,7 +68,12 @@ class RunSummary:
     def format(self) -> str:
         lines = [f"Run {self.run_id}", f"  {'component':<32} {'status':<9} {'time':>8}"]
         lines += [f"  {n.node:<32} {n.status:<9} {n.seconds:>7.1f}s" for n in self.nodes]
-        lines.append("Anomalies: " + ("none" if not self.anomalies else "\n  " + self.anomalies.replace("\n", "\n  ")))
+        gate = next((n for n in self.failed if n.node == "AnomaliesGate" and n.message), None)
+        if gate:  # its message names the CSV lines of each problem: TFDV's words for them would say it twice
+            lines.append("Anomalies: the AnomaliesGate refused the data (its message follows the summary)")
+        elif self.anomalies is not None:
+            lines.append("Anomalies: " + ("none" if not self.anomalies else
+                                          "\n  " + self.anomalies.replace("\n", "\n  ")))
         if self.training:
             lines.append(self.training)
         if self.metrics:

@@ -112,6 +112,18 @@ def test_status_of_a_run():
                           holder_started_ms=2).status == "interrupted"
 
 
+def test_summary_says_anomalies_once_and_only_when_the_data_was_checked():
+    stopped = summary_lib.RunSummary("r", [summary_lib.NodeResult("CsvExampleGen", "FAILED", 1.0, "line 2: bad")])
+    assert "Anomalies" not in stopped.format()  # stopped before ExampleValidator: nothing was checked
+    checked = summary_lib.RunSummary("r", [summary_lib.NodeResult("AnomaliesGate", "COMPLETE", 1.0)], anomalies="")
+    assert "Anomalies: none" in checked.format()
+    refused = summary_lib.RunSummary("r", [summary_lib.NodeResult("AnomaliesGate", "FAILED", 1.0, "x.csv line 9: ..")],
+                                     anomalies="split 'train': feature 'sepal_length': Unexpectedly high value")
+    text = refused.format()  # the gate's message (with the CSV lines) follows; TFDV's words would repeat it
+    assert "Anomalies: the AnomaliesGate refused the data (its message follows the summary)" in text
+    assert "Unexpectedly high" not in text
+
+
 def test_lock_holder_is_read_from_the_lock_file(tmp_path):
     lock = tmp_path / "iris-tfx.lock"
     assert history._lock_holder_started_ms(str(tmp_path)) is None  # no lock file: no run
