@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -147,7 +148,10 @@ def _run_pipeline(args: argparse.Namespace, progress: "console.ProgressHandler",
     if not os.path.exists(config.metadata_path):
         return None, failure
     if failure is not None:
-        record_failure(config.metadata_path, run_id, without_beam_suffix(str(failure)))
+        try:
+            record_failure(config.metadata_path, run_id, without_beam_suffix(str(failure)))
+        except Exception as err:  # pylint: disable=broad-except  (the component's error matters more)
+            logging.warning("could not record the failure in ML Metadata: %s", err)
     summary = summarize(config.metadata_path, config.pipeline_name, run_id=run_id)
     return summary, failure
 

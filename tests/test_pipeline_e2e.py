@@ -106,7 +106,7 @@ BAD_INPUTS = {
     "header_only": (lambda: _csv([]), ["no data rows"]),
     "non_numeric_measurement": (lambda: _with(7, sepal_width="wide"), ["sepal_width"]),
     "negative_measurement": (lambda: _with(60, petal_length="-1.4"), ["petal_length", "low"]),
-    "absurd_measurement": (lambda: _with(120, sepal_length="58"), ["sepal_length", "high"]),
+    "absurd_measurement": (lambda: _with(120, sepal_length="58"), ["sepal_length", "above the schema's maximum"]),
     "unknown_species": (lambda: _with(30, species="daisy"), ["species", "daisy"]),
     "missing_label": (lambda: _with(90, species=""), ["species"]),
     # Stopped at the gate, not by a TFMA traceback in the Evaluator.

@@ -166,8 +166,8 @@ def test_report_of_refused_data_shows_the_refusal_and_the_rows(tmp_path):
     page = pathlib.Path(report.write_report(str(tmp_path / "w2"), failure=errors["w2"]))
     dom, console = _chromium(page, tmp_path, "--dump-dom")
     assert console == ""
-    assert re.search(r"The data was refused by AnomaliesGate:</b><pre>[^<]*split '(train|eval)': "
-                     r"feature 'sepal_length': [^<]*500", dom)  # the browser's DOM: quotes unescaped
+    assert re.search(r"The data was refused by AnomaliesGate:</b><pre>[^<]*line \d+: sepal_length "
+                     r"'500(\.0)?' is above the schema's maximum", dom)  # the browser's DOM: quotes unescaped
     assert _figures_in(dom) == {"graph": True, "data-train": True, "data-eval": True}
     assert re.search(r"Transform\s*</text>\s*<text[^>]*>NOT RUN", dom) and "Pushed: nothing" in dom
 
