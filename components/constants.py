@@ -1,4 +1,4 @@
-"""The single source of feature, label, class and signature names for the whole project."""
+"""The single source of names (features, label, classes, signatures, the model) and default paths for the project."""
 import os
 from typing import Tuple
 

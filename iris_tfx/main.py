@@ -1,4 +1,4 @@
-"""The iris-tfx command: run the pipeline, propose a schema, serve and query models."""
+"""The iris-tfx command: run the pipeline, see its runs and reports, manage model versions, serve and query."""
 import argparse
 import importlib
 import sys
