@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compile_.set_defaults(handler=_compile)
     submit = kubeflow_commands.add_parser("submit", help="upload and start a run with kfp.Client")
     submit.add_argument("--package", default="pipeline.yaml", help="compiled pipeline (default: %(default)s)")
-    submit.add_argument("--host", help="Kubeflow Pipelines API endpoint (default: kfp.Client's: in-cluster, or the KF_PIPELINES_ENDPOINT environment variable)")
+    submit.add_argument("--host", help="Kubeflow Pipelines API endpoint (default: kfp.Client's: in-cluster, or "
+                                       "the KF_PIPELINES_ENDPOINT environment variable)")
     submit.add_argument("--experiment", default="iris", help="experiment to file the run under (default: %(default)s)")
     submit.add_argument("--run-name", help="the run's name (default: KFP's)")
     submit.add_argument("--namespace", help="Kubeflow namespace of the run and experiment (default: kfp.Client's)")

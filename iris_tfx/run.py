@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--epochs", type=flags.integer_at_least(1), default=Hyperparameters.epochs,
                      help="training epochs, >= 1 (default: %(default)s)")
     run.add_argument("--cpu-replicas", type=flags.integer_at_least(0), default=0,
-                     help="train with MirroredStrategy over N logical CPU devices (default: 0; 0 or 1: no MirroredStrategy)")
+                     help="train with MirroredStrategy over N logical CPU devices "
+                          "(default: 0; 0 or 1: no MirroredStrategy)")
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
     run.add_argument("--verbose", action="store_true", help="show all logs instead of writing them to a file")
     run.set_defaults(handler=_run)
