@@ -13,11 +13,11 @@ from tensorflow_serving.config import model_server_config_pb2
 from components.constants import DEFAULT_WORKDIR, MODEL_NAME, default_serving_dir
 from iris_tfx import console
 from iris_tfx.flags import integer_at_least
+from serving.policy import SAVED_MODEL_FILES, aspired
 
 EXIT_FAILED = 1  # the server could not be asked
 EXIT_USAGE = 2   # a version not on disk, a label that cannot be set, an unreadable config file
 CONFIG_NAME = "models.config"  # in the workdir, unless --config names another file
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")  # what makes a version directory complete
 STATUS_TIMEOUT_SECONDS = 5.0
 
 
@@ -165,7 +165,7 @@ def _label(args: argparse.Namespace) -> int:
             raise ModelsError(f"label {args.name!r}: use letters, digits, '_', '-' and '.' only")
         config, model = _read_config(path, args.model_name, _base_path(args))
         on_disk = _check_on_disk([args.version], model.base_path, path)
-        served = served_versions(model.model_version_policy, on_disk)
+        served = aspired(model, on_disk)
         if args.version not in served:
             # TF Serving labels only loaded versions; load first (one file write), label once it is available.
             raise ModelsError(
@@ -233,17 +233,6 @@ def _check_on_disk(versions: Sequence[int], base_path: str, config_path: str) ->
             raise ModelsError(f"version {version} is not in {base_path} (versions there: "
                               f"{', '.join(map(str, on_disk)) or 'none'}); {config_path} is unchanged")
     return on_disk
-
-
-def served_versions(policy, on_disk: Sequence[int]) -> List[int]:
-    """The versions a ModelVersionPolicy serves among those on disk (TF Serving's default: the latest one)."""
-    kind = policy.WhichOneof("policy_choice")
-    if kind == "specific":
-        return sorted(set(policy.specific.versions) & set(on_disk))
-    if kind == "all":
-        return sorted(on_disk)
-    count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
-    return sorted(on_disk)[-count:]
 
 
 def write_config(path: str, config) -> None:

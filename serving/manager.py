@@ -4,7 +4,7 @@ never replacing a working one, and the status and servable lookups of requests."
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
@@ -13,6 +13,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import loader
 from serving.errors import ServingError, failed_precondition, invalid, not_found
 from serving.metrics import Metrics
+from serving.policy import aspired
 from serving.servable import Servable
 from serving.source import Fingerprint, VersionSource, fingerprint
 
@@ -38,18 +39,6 @@ class ManagedModel:
     versions: Dict[int, VersionState]
     labels: Dict[str, int]
     available: Dict[int, Servable] = field(default_factory=dict)  # the AVAILABLE versions, for lookups
-
-
-def aspired(config: model_server_config_pb2.ModelConfig, candidates: List[int]) -> List[int]:
-    """Versions the model's version policy wants loaded (default: the latest one), ascending."""
-    policy = config.model_version_policy
-    kind = policy.WhichOneof("policy_choice")
-    if kind == "all":
-        return sorted(candidates)
-    if kind == "specific":
-        return sorted(set(candidates) & set(policy.specific.versions))
-    n = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions > 0 else 1
-    return sorted(candidates)[-n:]
 
 
 def _spec_string(name: str, version: Optional[int]) -> str:

@@ -10,9 +10,9 @@ import grpc
 import tensorflow as tf
 
 from serving.errors import ServingError
+from serving.policy import SAVED_MODEL_FILES
 
 log = logging.getLogger(__name__)
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 Fingerprint = Tuple[Tuple[str, int, int], ...]
 
 

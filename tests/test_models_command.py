@@ -173,19 +173,6 @@ def test_pin_label_and_rollback_on_a_running_server_without_a_failed_request(pip
     assert code == 0, server.log()
 
 
-def test_served_versions_follow_tf_servings_version_policies():
-    """What a label may name: the versions the config's policy serves among those on disk."""
-    policy = model_server_config_pb2.ModelConfig().model_version_policy
-    on_disk = [3, 1, 7]
-    assert models_command.served_versions(policy, on_disk) == [7]  # no policy: TF Serving's latest 1
-    policy.latest.num_versions = 2
-    assert models_command.served_versions(policy, on_disk) == [3, 7]
-    policy.specific.versions.extend([1, 9])  # 9 is not on disk
-    assert models_command.served_versions(policy, on_disk) == [1]
-    policy.all.SetInParent()
-    assert models_command.served_versions(policy, on_disk) == [1, 3, 7]
-
-
 def test_config_file_is_replaced_whole(tmp_path):
     """The server never reads a half-written file: the new text lands by rename, no temp file is left."""
     path = tmp_path / "models.config"

@@ -46,7 +46,7 @@ def model_config(policy: str = "", versions=()) -> model_server_config_pb2.Model
     ("specific", (1,), [], []),
 ])
 def test_aspired_versions_follow_the_policy(policy, versions, candidates, want):
-    from serving.manager import aspired
+    from serving.policy import aspired
     assert aspired(model_config(policy, versions), candidates) == want
 
 
