@@ -50,9 +50,8 @@ def evaluate_fold(args) -> float:
     rows, train_idx, test_idx, schema_path, overrides = args
     import tensorflow as tf
     import tensorflow_data_validation as tfdv
-    import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+    from tensorflow_transform.tf_metadata import dataset_metadata
     from components import constants, trainer, transform
     from components.hyperparameters import Hyperparameters
 

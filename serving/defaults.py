@@ -1,5 +1,5 @@
 """Defaults shared by the server, the client and the Kubernetes manifests (TF Serving's own ports)."""
-from components.constants import DEFAULT_SERVING_DIR, MODEL_NAME
+from components.constants import DEFAULT_SERVING_DIR, MODEL_NAME  # noqa: F401  (defaults.MODEL_NAME)
 
 GRPC_PORT = 8500
 REST_PORT = 8501
