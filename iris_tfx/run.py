@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import fcntl
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from components.hyperparameters import Hyperparameters
 from iris_tfx import console, flags
 from pipeline import beam_workers
 from pipeline.config import PipelineConfig
+from pipeline.lock import WorkdirBusy, workdir_lock
 
 EXIT_FAILED = 1       # a component failed (bad input, bad config, ...): nothing was pushed
 EXIT_NOT_BLESSED = 3  # the run completed but the model did not pass evaluation: nothing was pushed
@@ -192,46 +192,6 @@ def _unwritable(path: str) -> Optional[str]:
     except OSError as err:
         return f"cannot write in {existing} ({err.strerror})"
     return None
-
-
-class WorkdirBusy(Exception):
-    """Another process holds the workdir's lock."""
-
-
-def _lock_holder(descriptor: int, wait_seconds: float = 2.0) -> str:
-    """The holder's 'pid N, started T' line. It writes that line just after taking the lock, so a run refused in
-    that instant waits briefly for it rather than naming no one."""
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        holder = os.pread(descriptor, 256, 0).decode(errors="replace").strip()
-        if holder or time.monotonic() > deadline:
-            return holder or "starting up"
-        time.sleep(0.02)
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str) -> Iterator[None]:
-    """One run per workdir: an exclusive flock on <workdir>/iris-tfx.lock for the whole run. The kernel
-    releases it when this process ends, however it ends, so a lock is never stale."""
-    os.makedirs(workdir, exist_ok=True)
-    path = PipelineConfig(workdir=workdir).lock_path
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(descriptor)
-            raise WorkdirBusy(f"--workdir {workdir}: another iris-tfx run is using it ({holder}); "
-                              "wait for it to finish or use another --workdir") from None
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"pid {os.getpid()}, started {now}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(descriptor, 0)  # whoever takes the lock next writes its own pid
-    finally:
-        os.close(descriptor)
 
 
 def _versions(serving_dir: str) -> Set[str]:

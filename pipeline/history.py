@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 import psutil
 
 from components import constants
+from pipeline import lock
 from pipeline.config import PipelineConfig
 
 if TYPE_CHECKING:  # imported at run time only where needed: it imports TFX and TensorFlow
@@ -119,14 +120,11 @@ def _metadata_path(workdir: str) -> str:
 
 
 def _lock_holder_started_ms(workdir: str) -> Optional[int]:
-    """When the process holding the workdir's run lock started (ms), or None if no run holds it. Reads the pid the
-    holder writes into the lock file instead of trying the lock, which could make a run starting then exit busy."""
+    """When the process holding the workdir's run lock started (ms), or None if no run holds it."""
+    pid = lock.holder_pid(workdir)
     try:
-        with open(PipelineConfig(workdir=workdir).lock_path, encoding="utf-8") as f:
-            words = f.read().split()
-        pid = int(words[1].rstrip(",")) if words[:1] == ["pid"] else 0
-        return int(psutil.Process(pid).create_time() * 1000) if pid > 0 else None
-    except (OSError, ValueError, IndexError, psutil.Error):
+        return int(psutil.Process(pid).create_time() * 1000) if pid else None
+    except psutil.Error:
         return None
 
 
