@@ -4,7 +4,6 @@ Reads MLMD through summary.py (one reader of MLMD for the end-of-run summary and
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import os
 from typing import TYPE_CHECKING, Dict, List, Optional
@@ -40,8 +39,8 @@ class RunRecord:
     @property
     def started(self) -> str:
         """The run's start as UTC text."""
-        moment = datetime.datetime.fromtimestamp(self.summary.started_ms / 1000, datetime.timezone.utc)
-        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+        from pipeline.summary import utc  # pylint: disable=g-import-not-at-top  (loaded already by runs())
+        return utc(self.summary.started_ms)
 
     @property
     def pushed_version(self) -> Optional[str]:

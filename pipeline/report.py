@@ -3,7 +3,6 @@ read from the run's artifacts through ML Metadata and the TFX/TFDV/TFMA readers.
 its figures are inline SVG and its Content-Security-Policy forbids every fetch."""
 import contextlib
 import dataclasses
-import datetime
 import gzip
 import html
 import logging
@@ -24,8 +23,8 @@ if TYPE_CHECKING:  # imported where used: it imports TFX, and a wrong --workdir 
 
 MAX_SAMPLED_EXAMPLES = 50_000    # per split for the histograms: enough for their shape, bounded for big data
 NOT_RUN = "NOT RUN"
-_ACCURACY = "sparse_categorical_accuracy"
-_CURVE_TAGS = {"loss": "epoch_loss", "accuracy": f"epoch_{_ACCURACY}"}  # Keras' TensorBoard callback names
+# Keras' TensorBoard callback names
+_CURVE_TAGS = {"loss": "epoch_loss", "accuracy": f"epoch_{constants.ACCURACY_METRIC}"}
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"  # the page may fetch nothing at all
 
 
@@ -34,7 +33,7 @@ class ReportError(ValueError):
 
 
 @dataclasses.dataclass
-class RunRecord:
+class ReportData:
     """What the report shows of one run, read from ML Metadata: its summary and its artifacts' URIs."""
     summary: "RunSummary"
     started: str                                   # the run's start, UTC
@@ -71,7 +70,7 @@ def write_report(workdir: str, run_id: Optional[str] = None, failure: Optional[s
 # --- reading the run ---------------------------------------------------------------------------------------
 
 def read_run(workdir: str, run_id: Optional[str] = None, pipeline_name: str = constants.PIPELINE_NAME
-             ) -> RunRecord:
+             ) -> ReportData:
     """The run's summary (pipeline/summary.py's reading of MLMD), its outputs by node and key, and the DAG."""
     metadata_path = PipelineConfig(workdir=workdir).metadata_path
     if not os.path.isfile(metadata_path):
@@ -84,32 +83,16 @@ def read_run(workdir: str, run_id: Optional[str] = None, pipeline_name: str = co
         summary = summary_lib.summarize_run(store, runs[0])
         outputs = _outputs_by_key(store, runs[0])
     nodes, edges = pipeline_dag()
-    return RunRecord(summary=summary, started=_utc(summary.started_ms), data_path=summary.data_path or None,
+    return ReportData(summary=summary, started=summary_lib.utc(summary.started_ms), data_path=summary.data_path or None,
                      outputs=outputs, pipeline_nodes=nodes, pipeline_edges=edges)
 
 
 def _outputs_by_key(store, run) -> Dict[str, object]:
     """Every output artifact of the run's executions by "Node.output_key" (e.g. "Trainer.model_run")."""
-    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top  (slow imports)
-    from tfx.types import artifact_utils
-    from pipeline import summary as summary_lib
-    outputs = {}
-    for execution in store.get_executions_by_context(run.id):
-        node = summary_lib._node_name(store, execution)  # pylint: disable=protected-access
-        events = [e for e in store.get_events_by_execution_ids([execution.id])
-                  if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
-        artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-        kinds = {t.id: t for t in store.get_artifact_types_by_id([a.type_id for a in artifacts.values()])}
-        for event in events:
-            artifact = artifacts[event.artifact_id]
-            key = event.path.steps[0].key if event.path.steps else kinds[artifact.type_id].name
-            outputs[f"{node}.{key}"] = artifact_utils.deserialize_artifact(kinds[artifact.type_id], artifact)
-    return outputs
-
-
-def _utc(milliseconds: int) -> str:
-    """MLMD's milliseconds since the epoch as people read a time."""
-    return datetime.datetime.fromtimestamp(milliseconds / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    from pipeline import summary as summary_lib  # pylint: disable=g-import-not-at-top  (imports TFX)
+    return {f"{summary_lib.node_name(store, execution)}.{key}": artifact
+            for execution in store.get_executions_by_context(run.id)
+            for key, artifact in summary_lib.outputs(store, execution).items()}
 
 
 def pipeline_dag() -> Tuple[List[str], List[figures.GraphEdge]]:
@@ -130,7 +113,7 @@ def pipeline_dag() -> Tuple[List[str], List[figures.GraphEdge]]:
 
 # --- figures ----------------------------------------------------------------------------------------------
 
-def build_figures(record: RunRecord) -> Dict[str, str]:
+def build_figures(record: ReportData) -> Dict[str, str]:
     """Every figure the run's artifacts allow, by section id ("graph", "data-train", "training", ...)."""
     drawn = {"graph": figures.pipeline_graph_svg(*graph_of(record))}
     examples = record.outputs.get("CsvExampleGen.examples")
@@ -155,7 +138,7 @@ def build_figures(record: RunRecord) -> Dict[str, str]:
     return drawn
 
 
-def graph_of(record: RunRecord) -> Tuple[List[figures.GraphNode], List[figures.GraphEdge]]:
+def graph_of(record: ReportData) -> Tuple[List[figures.GraphNode], List[figures.GraphEdge]]:
     """The DAG's nodes with this run's status and time ("NOT RUN" where it has no execution)."""
     ran = {n.node: n for n in record.summary.nodes}
     names = record.pipeline_nodes + [n for n in ran if n not in record.pipeline_nodes]
@@ -164,7 +147,7 @@ def graph_of(record: RunRecord) -> Tuple[List[figures.GraphNode], List[figures.G
     return nodes, record.pipeline_edges
 
 
-def split_sizes(record: RunRecord) -> Dict[str, int]:
+def split_sizes(record: ReportData) -> Dict[str, int]:
     """Examples per split, from StatisticsGen's statistics ({} if it did not run)."""
     statistics = record.outputs.get("StatisticsGen.statistics")
     if statistics is None:
@@ -174,7 +157,7 @@ def split_sizes(record: RunRecord) -> Dict[str, int]:
             for split, stats in load_statistics(statistics).items()}
 
 
-def class_counts(record: RunRecord) -> Dict[str, Dict[str, int]]:
+def class_counts(record: ReportData) -> Dict[str, Dict[str, int]]:
     """Examples per species in each split, from the statistics (the gate's own counts)."""
     statistics = record.outputs.get("StatisticsGen.statistics")
     if statistics is None:
@@ -294,7 +277,7 @@ def read_thresholds(evaluation_dir: str) -> Thresholds:
     from tensorflow_model_analysis.writers import eval_config_writer
     from pipeline import summary as summary_lib
     eval_config = eval_config_writer.load_eval_run(evaluation_dir)[0]
-    bound, slice_name = summary_lib._bound, summary_lib._slice_name  # pylint: disable=protected-access
+    bound, slice_name = summary_lib.format_bound, summary_lib.slice_name_of
     result = Thresholds()
     for spec in eval_config.metrics_specs if eval_config else []:
         for metric in spec.metrics:
@@ -328,7 +311,7 @@ figure svg { max-width: 100%; height: auto; }
 """
 
 
-def render(record: RunRecord, drawn: Mapping[str, str]) -> str:
+def render(record: ReportData, drawn: Mapping[str, str]) -> str:
     """The whole page: outcome first, then the pipeline graph, the data, training and evaluation."""
     s = record.summary
     body = [f"<h1>Iris pipeline run {_e(s.run_id)}</h1>",
@@ -352,7 +335,7 @@ def _figure(drawn: Mapping[str, str], name: str, caption: str = "") -> str:
             + (f"<figcaption>{_e(caption)}</figcaption>" if caption else "") + "</figure>")
 
 
-def _outcome_section(record: RunRecord) -> str:
+def _outcome_section(record: ReportData) -> str:
     s = record.summary
     lines, tone = [], "neutral"
     for node in s.failed:
@@ -371,14 +354,14 @@ def _outcome_section(record: RunRecord) -> str:
             + "</div></section>")
 
 
-def _pipeline_section(record: RunRecord, drawn: Mapping[str, str]) -> str:
+def _pipeline_section(record: ReportData, drawn: Mapping[str, str]) -> str:
     rows = "".join(f"<tr><td>{_e(n.node)}</td><td>{_e(n.status)}</td><td class=\"num\">{n.seconds:.1f}s</td></tr>"
                    for n in record.summary.nodes)
     return ('<section id="pipeline"><h2>Pipeline</h2><div class="figures">' + _figure(drawn, "graph")
             + f"<table><tr><th>component</th><th>status</th><th>time</th></tr>{rows}</table></div></section>")
 
 
-def _data_section(record: RunRecord, drawn: Mapping[str, str]) -> str:
+def _data_section(record: ReportData, drawn: Mapping[str, str]) -> str:
     parts = ['<section id="data"><h2>Data</h2>']
     refused = [n for n in record.summary.failed if n.node in ("CsvExampleGen", "AnomaliesGate")]
     for node in refused:
@@ -429,18 +412,18 @@ def csv_lines(path: str, message: str, limit: int = 20) -> Iterator[Tuple[int, s
                 return
 
 
-def _training_section(record: RunRecord, drawn: Mapping[str, str]) -> str:
+def _training_section(record: ReportData, drawn: Mapping[str, str]) -> str:
     text = record.summary.training or "The Trainer did not run in this run."
     return (f'<section id="training"><h2>Training</h2><p>{_e(text)}</p>'
             + _figure(drawn, "training", "loss and accuracy by step (Keras logs, one point per round of steps)")
             + "</section>")
 
 
-def _evaluation_section(record: RunRecord, drawn: Mapping[str, str]) -> str:
+def _evaluation_section(record: ReportData, drawn: Mapping[str, str]) -> str:
     evaluation = record.outputs.get("Evaluator.evaluation")
     if evaluation is None:
         return '<section id="evaluation"><h2>Evaluation</h2><p>The Evaluator did not run in this run.</p></section>'
-    rows = {name: row for name, row in record.summary.metrics.items() if row.metric == _ACCURACY}
+    rows = {name: row for name, row in record.summary.metrics.items() if row.metric == constants.ACCURACY_METRIC}
     thresholds = read_thresholds(evaluation.uri)
     compared = any(row.baseline is not None for row in rows.values())
     header = "<tr><th>accuracy on</th><th>new model</th>" + ("<th>baseline</th><th>change</th>" if compared else "")

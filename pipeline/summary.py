@@ -1,6 +1,7 @@
 """Builds the end-of-run summary from ML Metadata: statuses, times, anomalies, metrics, push."""
 import contextlib
 import dataclasses
+import datetime
 import json
 import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -11,12 +12,13 @@ from tfx import types
 from tfx.orchestration import metadata
 from tfx.types import artifact_utils
 
+from components import constants
 from components.hyperparameters import describe_training
 from components.validation import describe_anomalies, load_anomalies
 from pipeline.config import sqlite_metadata
 
 _STATES = {value: name for name, value in metadata_store_pb2.Execution.State.items()}
-ACCURACY = "sparse_categorical_accuracy"  # the name TFMA gives the Evaluator's SparseCategoricalAccuracy
+ACCURACY = constants.ACCURACY_METRIC
 _EXAMPLE_COUNT = "example_count"  # tfma.metrics.example_count.EXAMPLE_COUNT_NAME, without importing TFMA here
 
 
@@ -125,14 +127,14 @@ def summarize_run(store, run: metadata_store_pb2.Context) -> RunSummary:
     executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch)
     summary = RunSummary(run_id=run.name, nodes=[], started_ms=run.create_time_since_epoch)
     for execution in executions:
-        node = _node_name(store, execution)
+        node = node_name(store, execution)
         status = _STATES.get(execution.last_known_state, "UNKNOWN")
         summary.nodes.append(NodeResult(
             node=node, status=status,
             seconds=max(0.0, (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000),
             message=_error_message(execution)))
         _read_example_gen(summary, execution)
-        for artifact in _outputs(store, execution):
+        for artifact in outputs(store, execution).values():
             _read_artifact(summary, artifact)
             summary.push_cached |= artifact.type_name == "PushedModel" and status == "CACHED"
     return summary
@@ -162,7 +164,7 @@ def _has_pipeline(store, context, pipeline_name: str) -> bool:
     return any(p.name == pipeline_name for p in store.get_parent_contexts_by_context(context.id))
 
 
-def _node_name(store, execution) -> str:
+def node_name(store, execution) -> str:
     for context in store.get_contexts_by_execution(execution.id):
         if store.get_context_types_by_id([context.type_id])[0].name == "node":
             return context.name.split(".", 1)[-1]
@@ -197,12 +199,24 @@ def without_beam_suffix(message: str) -> str:
     return re.sub(r" \[while running '[^']*'\]$", "", message.rstrip())
 
 
-def _outputs(store, execution) -> List[types.Artifact]:
+def outputs(store, execution) -> Dict[str, types.Artifact]:
+    """An execution's output artifacts by output key (e.g. "model_run"; the type name if an event has no key)."""
     events = [e for e in store.get_events_by_execution_ids([execution.id])
               if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
-    mlmd_artifacts = store.get_artifacts_by_id([e.artifact_id for e in events])
-    types = {t.id: t for t in store.get_artifact_types_by_id([a.type_id for a in mlmd_artifacts])}
-    return [artifact_utils.deserialize_artifact(types[a.type_id], a) for a in mlmd_artifacts]
+    mlmd_artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    kinds = {t.id: t for t in store.get_artifact_types_by_id([a.type_id for a in mlmd_artifacts.values()])}
+    found = {}
+    for event in events:
+        artifact = mlmd_artifacts[event.artifact_id]
+        key = event.path.steps[0].key if event.path.steps else kinds[artifact.type_id].name
+        found[key] = artifact_utils.deserialize_artifact(kinds[artifact.type_id], artifact)
+    return found
+
+
+def utc(milliseconds: int) -> str:
+    """MLMD's milliseconds since the epoch as people read a time."""
+    moment = datetime.datetime.fromtimestamp(milliseconds / 1000, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _read_artifact(summary: RunSummary, artifact: types.Artifact) -> None:
@@ -232,7 +246,7 @@ def read_evaluation(uri: str) -> Tuple[Dict[str, MetricRow], List[str]]:
     baselines = {spec.name for spec in eval_config.model_specs if spec.is_baseline} if eval_config else set()
     rows: Dict[str, MetricRow] = {}
     for sliced in tfma.load_metrics(uri):
-        slice_name = _slice_name(sliced.slice_key)
+        slice_name = slice_name_of(sliced.slice_key)
         for entry in sliced.metric_keys_and_values:
             key = entry.key
             if entry.value.WhichOneof("type") != "double_value" or (key.is_diff and key.name == _EXAMPLE_COUNT):
@@ -245,7 +259,7 @@ def read_evaluation(uri: str) -> Tuple[Dict[str, MetricRow], List[str]]:
                 row.baseline = value
             else:
                 row.new = value
-    failures = [_describe_failure(failure, _slice_name(per_slice.slice_key), rows)
+    failures = [_describe_failure(failure, slice_name_of(per_slice.slice_key), rows)
                 for per_slice in tfma.load_validation_result(uri).metric_validations_per_slice
                 for failure in per_slice.failures]
     return rows, failures
@@ -262,14 +276,14 @@ def _describe_failure(failure, slice_name: str, rows: Dict[str, MetricRow]) -> s
     if threshold.HasField("value_threshold"):
         bounds = threshold.value_threshold
         if bounds.HasField("lower_bound") and value < bounds.lower_bound.value:
-            return f"{name} {value:.4f} < floor {_bound(bounds.lower_bound.value)}"
-        return f"{name} {value:.4f} > ceiling {_bound(bounds.upper_bound.value)}"
+            return f"{name} {value:.4f} < floor {format_bound(bounds.lower_bound.value)}"
+        return f"{name} {value:.4f} > ceiling {format_bound(bounds.upper_bound.value)}"
     change = threshold.change_threshold
     higher = change.direction == config_pb2.MetricDirection.HIGHER_IS_BETTER
     baseline = rows.get(name, MetricRow("", "")).baseline
     missed = []
     if change.HasField("absolute") and (value < change.absolute.value if higher else value > change.absolute.value):
-        missed.append(f"change {value:+.4f} {'<' if higher else '>'} {_bound(change.absolute.value)} allowed")
+        missed.append(f"change {value:+.4f} {'<' if higher else '>'} {format_bound(change.absolute.value)} allowed")
     if change.HasField("relative") and baseline:
         ratio = value / baseline
         if ratio < change.relative.value if higher else ratio > change.relative.value:
@@ -279,12 +293,12 @@ def _describe_failure(failure, slice_name: str, rows: Dict[str, MetricRow]) -> s
     return f"{name} {unmet}{base}"
 
 
-def _bound(value: float) -> str:
+def format_bound(value: float) -> str:
     """A threshold as people write it: 0.9, 0 (not -1e-10, the "no regression" epsilon)."""
     return f"{round(value, 4) + 0.0:.4f}".rstrip("0").rstrip(".")
 
 
-def _slice_name(slice_key) -> str:
+def slice_name_of(slice_key) -> str:
     parts = [f"{s.column}={s.bytes_value.decode() or s.int64_value or s.float_value}"
              for s in slice_key.single_slice_keys]
     return ", ".join(parts) or "overall"

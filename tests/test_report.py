@@ -73,9 +73,9 @@ def test_csv_lines_quotes_the_lines_a_message_names(tmp_path):
     assert list(report.csv_lines(str(plain), "split 'eval': species 'versicolor' has 0 examples")) == []
 
 
-def _record(nodes: List[summary.NodeResult], **fields) -> report.RunRecord:
+def _record(nodes: List[summary.NodeResult], **fields) -> report.ReportData:
     """A RunRecord as read_run makes it, for a run whose components ran as `nodes` (no artifacts)."""
-    return report.RunRecord(summary=summary.RunSummary(run_id="20260101-000000.000001", nodes=nodes, **fields),
+    return report.ReportData(summary=summary.RunSummary(run_id="20260101-000000.000001", nodes=nodes, **fields),
                             started="2026-01-01 00:00:00 UTC", data_path=None,
                             pipeline_nodes=[n.node for n in nodes], pipeline_edges=[])
 
