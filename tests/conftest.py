@@ -2,16 +2,15 @@
 
 pytest loads this file before any test module: runtime.prepare() here comes before anything imports TensorFlow,
 and the processes the tests start inherit its environment."""
-import os
 import pathlib
-import shutil
 import subprocess
-import sys
-from typing import List
+import time
+from typing import Callable, List, Sequence
 
 import pytest
 
 from components import runtime
+from serving import harness
 
 runtime.prepare()  # first statement: none of the imports above imports TensorFlow
 
@@ -22,8 +21,22 @@ FAST_BEAM = ["--beam-arg=--direct_running_mode=in_memory"]
 
 
 def iris_tfx_command() -> str:
-    """The installed console command."""
-    return shutil.which("iris-tfx") or os.path.join(os.path.dirname(sys.executable), "iris-tfx")
+    """The installed console command (serving/harness.py finds it for the server tests too)."""
+    command = harness.iris_tfx_command()
+    assert command, "iris-tfx is not installed in this virtualenv: run make setup"
+    return command[0]
+
+
+def wait_for(predicate: Callable[[], bool], what: str = "condition", timeout: float = 120,
+             failures: Sequence[str] = ()) -> None:
+    """Polls predicate every 0.2 s until it holds; fails naming what was awaited (and a few failed requests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}" + (f"; failed requests: {list(failures[:3])}" if failures
+                                                              else ""))
 
 
 def iris_tfx(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

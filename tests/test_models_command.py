@@ -3,8 +3,7 @@ write: two pushed versions, Predict requests without pause while versions are pi
 import pathlib
 import re
 import threading
-import time
-from typing import Callable, Sequence, Set
+from typing import Callable, Set
 
 import pytest
 
@@ -17,7 +16,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from google.protobuf import text_format
 
 from components import constants
-from conftest import iris_tfx
+from conftest import iris_tfx, wait_for
 from iris_tfx import models as models_command
 from serving.harness import ServerProcess, copy_version
 
@@ -53,15 +52,6 @@ def predict_request(label: str = "") -> predict_pb2.PredictRequest:
     request.inputs[constants.EXAMPLES_INPUT].CopyFrom(
         tf.make_tensor_proto([example.SerializeToString()], dtype=tf.string))
     return request
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 120, failures: Sequence[str] = ()) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; failed requests: {list(failures[:3])}")
 
 
 @pytest.mark.e2e

@@ -24,6 +24,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from components import constants as c
+from conftest import wait_for
 from serving import harness as h
 from serving.client import IrisClient, ServingClientError
 
@@ -86,15 +87,6 @@ def versions_state(models_stub, name="iris"):
     request.model_spec.name = name
     return {s.version: (s.state, s.status.error_message)
             for s in models_stub.GetModelStatus(request, timeout=10).model_version_status}
-
-
-def wait_for(predicate, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- the main server: a config file with two models, version policies and labels --------------------------
