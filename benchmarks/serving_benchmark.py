@@ -13,6 +13,8 @@ REST rows (h2load --h1, HTTP/1.1 keep-alive, one request in flight per connectio
 row format with 1 and 256 instances; the "trickle" row times fresh `GET /v1/models/iris` connections while 100
 clients trickle request bodies. --server_repo runs the server of another checkout (e.g. a `git worktree` of an
 older commit) to compare in the same sitting.
+The "log off"/"log on" rows: one server serving the model under two names, one with a `logging_config` at sampling
+1.0 (every request written as a PredictionLog), driven alternately at concurrency 8 (--rows logging: only these).
 """
 import argparse
 import asyncio
@@ -267,6 +269,33 @@ def _latest_version(base: str) -> str:
     return os.path.join(base, str(max(versions)))
 
 
+def request_logging(args, harness, base: str, work: str, run, t1: float, rounds: int = 2) -> None:
+    """Predict at concurrency 8 against one server: model `iris` not logged, `iris_logged` (the same version
+    directory) logged at sampling 1.0; alternated `rounds` times so both see the same machine load."""
+    from tensorflow_serving.config import model_server_config_pb2  # pylint: disable=g-import-not-at-top
+    config = model_server_config_pb2.ModelServerConfig()
+    log_dir = os.path.join(work, "request-log")
+    for name in ("iris", "iris_logged"):
+        model = config.model_config_list.config.add(name=name, base_path=base, model_platform="tensorflow")
+        if name == "iris_logged":
+            model.logging_config.log_collector_config.filename_prefix = os.path.join(log_dir, "iris")
+            model.logging_config.sampling_config.sampling_rate = 1.0
+    path = os.path.join(work, "logging.config")
+    with open(path, "w") as f:
+        f.write(str(config))
+    server = harness.ServerProcess([f"--model_config_file={path}", "--file_system_poll_wait_seconds=0",
+                                    *args.server_arg], os.path.join(work, "server-logging.log"),
+                                   repo=args.server_repo).wait_ready(timeout=300)
+    try:
+        for _ in range(rounds):
+            for label, model in (("log off", "iris"), ("log on", "iris_logged")):
+                run(label, server.proc.pid, server.grpc_target, None, 1, 8, _request_bytes(1, model), t1)
+    finally:
+        server.stop()
+    logged = sum(os.path.getsize(os.path.join(log_dir, f)) for f in os.listdir(log_dir))
+    print(f"request log: {logged:,} bytes in {len(os.listdir(log_dir))} files", flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run every row and print the table; returns the exit code."""
     from components import runtime  # pylint: disable=g-import-not-at-top  (this checkout, on sys.path above)
@@ -284,6 +313,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--server_arg", action="append", default=[], help="extra server flag, e.g. --grpc_max_threads=4")
     p.add_argument("--server_repo", default=REPO, help="checkout whose serving/ is benchmarked (default: this one)")
     p.add_argument("--trickle_clients", type=int, default=100)
+    p.add_argument("--rows", choices=("all", "logging"), default="all",
+                   help="every row, or only the request-logging rows (Predict at concurrency 8, logging off vs on)")
     args = p.parse_args(argv)
     model_dir = os.path.abspath(args.model_dir or _latest_version(os.path.join(REPO, defaults.MODEL_BASE_PATH)))
     work = tempfile.mkdtemp(prefix="serving-bench-")
@@ -320,6 +351,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{label:9} {n:8d} {conc:5d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['rps']:9,.0f} "
               f"{r['rps'] * n:11,.0f} {r['errors']:6d} {ratio} {cpu_us:17,.0f}", flush=True)
 
+    if args.rows == "logging":
+        request_logging(args, harness, base, work, run, t1)
+        return 0
     response = b""
     loads = [(1, conc, one, t1) for conc in (1, 8, 32)] + [(args.batch_examples, 8, many, tn)]
     rest_loads = [(1, conc, _rest_body(1), t1) for conc in (1, 32)] + \
@@ -344,6 +378,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"trickle: fresh GET /v1/models/iris p50 {trickled['alone_p50_ms']:.2f} ms alone; with "
           f"{trickled['tricklers']} clients trickling request bodies p50 {trickled['p50_ms']:.2f} ms, max "
           f"{trickled['max_ms']:.2f} ms, {trickled['failed']} of 10 not answered within 5 s", flush=True)
+    request_logging(args, harness, base, work, run, t1)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     floor = ctx.Process(target=_floor_server, args=(response, queue), daemon=True)

@@ -58,7 +58,21 @@ def read_model_server_config(path: str) -> model_server_config_pb2.ModelServerCo
     config = _read_text_proto(path, model_server_config_pb2.ModelServerConfig())
     if config.WhichOneof("config") != "model_config_list":
         raise ValueError(f"{path}: only model_config_list is supported")
+    check_logging_configs(config, path)
     return config
+
+
+def check_logging_configs(config: model_server_config_pb2.ModelServerConfig, where: str) -> None:
+    """Each model's logging_config, if any, names a filename_prefix and a sampling_rate in [0, 1]."""
+    for model in config.model_config_list.config:
+        if not model.HasField("logging_config"):
+            continue
+        rate = model.logging_config.sampling_config.sampling_rate
+        if not 0 <= rate <= 1:
+            raise ValueError(f"{where}: model {model.name!r}: logging_config sampling_rate {rate:g} is not in [0, 1]")
+        if not model.logging_config.log_collector_config.filename_prefix:
+            raise ValueError(f"{where}: model {model.name!r}: logging_config has no log_collector_config "
+                             "filename_prefix")
 
 
 def read_batching_parameters(path: Optional[str]):
@@ -170,7 +184,17 @@ def parse_flags(argv: List[str]) -> ServerOptions:
     p.add_argument("--model_base_path_roots", type=_roots, default=d.model_base_path_roots,
                    help="comma-separated directories: every model base path must resolve (symlinks and '..' "
                         "followed) under one of them; empty: any path (extension)")
+    p.add_argument("--request_log_queue_size", type=_positive, default=d.request_log_queue_size,
+                   help="sampled requests (logging_config) waiting to be written; when full, the record is dropped "
+                        "and counted, never the request (extension)")
+    p.add_argument("--request_log_file_max_bytes", type=_positive, default=d.request_log_file_max_bytes,
+                   help="start a new request log file past this size (extension)")
+    p.add_argument("--request_log_max_total_bytes", type=_positive, default=d.request_log_max_total_bytes,
+                   help="disk budget of each filename_prefix's request log files: the oldest are removed past "
+                        "it (extension)")
     args = p.parse_args(argv)
+    if args.request_log_file_max_bytes > args.request_log_max_total_bytes:
+        p.error("--request_log_file_max_bytes must not exceed --request_log_max_total_bytes")
     if args.model_config_file_poll_wait_seconds and not args.model_config_file:
         p.error("--model_config_file_poll_wait_seconds needs --model_config_file")
     if args.batching_parameters_file and not args.enable_batching:

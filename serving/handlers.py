@@ -8,10 +8,11 @@ import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import defaults, inference
+from serving import config as config_file, defaults, inference
 from serving.errors import ServingError, invalid
 from serving.manager import ModelManager
 from serving.metrics import Metrics
+from serving.request_log import RequestLogger
 from serving.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,8 @@ class Handlers:
 
     def __init__(self, manager: ModelManager, metrics: Metrics,
                  max_request_elements: int = defaults.MAX_REQUEST_ELEMENTS,
-                 max_request_bytes: int = defaults.MAX_REQUEST_BYTES):
-        self.manager, self.metrics = manager, metrics
+                 max_request_bytes: int = defaults.MAX_REQUEST_BYTES, request_log: Optional[RequestLogger] = None):
+        self.manager, self.metrics, self.request_log = manager, metrics, request_log
         self.max_request_elements, self.max_request_bytes = max_request_elements, max_request_bytes
 
     def check_limits(self, request) -> Tuple[int, int]:
@@ -56,7 +57,10 @@ class Handlers:
                 record.model = spec.name
                 servable = self.manager.servable(spec)
                 record.version = servable.version_str
-                return run(servable, request)
+                response = run(servable, request)
+                if self.request_log is not None and request is not None:  # REST Predict: log_predict_arrays
+                    self.request_log.log(api, spec, servable.version, request, response)
+                return response
             except ServingError as e:
                 record.status = e.code.name
                 raise
@@ -64,6 +68,11 @@ class Handlers:
                 log.exception("%s failed", api)
                 record.status = grpc.StatusCode.INTERNAL.name
                 raise ServingError(grpc.StatusCode.INTERNAL, f"Internal error: {e}") from None  # class name: in the log
+
+    def log_predict_arrays(self, spec: model_pb2.ModelSpec, servable: Servable, inputs, outputs) -> None:
+        """REST Predict's request log: its input and output arrays, made into protos only if sampled."""
+        if self.request_log is not None:
+            self.request_log.log_predict_arrays(spec, servable.version, inputs, outputs)
 
     def refuse(self, api: str, entrypoint: str, model_name: str, error: ServingError) -> None:
         """Count a request refused before it ran (e.g. over the limits) like any failed one, and raise `error`."""
@@ -79,5 +88,11 @@ class Handlers:
         """HandleReloadConfigRequest: serve `config` (blocks while versions load: call it off the event loop)."""
         if config.WhichOneof("config") != "model_config_list":
             raise invalid("ServerConfig is not of type ModelConfigList")
+        try:
+            config_file.check_logging_configs(config, "ReloadConfigRequest")
+        except ValueError as e:
+            raise invalid(str(e)) from None
         log.info("Reloading model config: %s", [c.name for c in config.model_config_list.config])
         self.manager.apply_config(config)
+        if self.request_log is not None:
+            self.request_log.update(config)

@@ -45,6 +45,13 @@ class Metrics:
                                      registry=self.registry)
         self.loads = Counter(":tensorflow:serving:load_attempt_count", "Model version loads by outcome.",
                              ["model_name", "status"], registry=self.registry)
+        self.request_logs = Counter(":tensorflow:serving:request_log_count",
+                                    "Sampled requests for the request log by model and outcome (written, dropped: "
+                                    "queue full, error: not written).", ["model_name", "status"],
+                                    registry=self.registry)
+        self.request_log_files_removed = Counter(":tensorflow:serving:request_log_files_removed",
+                                                 "Request log files removed to keep the disk budget.",
+                                                 registry=self.registry)
         self._children: Dict[Tuple, object] = {}  # (metric, *label values) -> labelled child; labels() is slow
 
     def _child(self, metric, *labels: str):
@@ -86,6 +93,14 @@ class Metrics:
     def load_attempt(self, model: str, status: str) -> None:
         """One more load of a version of `model`, by outcome ("ok" or "error")."""
         self.loads.labels(model, status).inc()
+
+    def request_logged(self, model: str, status: str) -> None:
+        """One sampled request for the request log: "written", "dropped" (queue full) or "error"."""
+        self._child(self.request_logs, model, status).inc()
+
+    def request_log_file_removed(self) -> None:
+        """One request log file removed to keep the disk budget."""
+        self.request_log_files_removed.inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text page."""

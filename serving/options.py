@@ -33,6 +33,9 @@ class ServerOptions:
     max_request_elements: int = defaults.MAX_REQUEST_ELEMENTS
     enable_model_management: bool = True
     model_base_path_roots: Tuple[str, ...] = ()
+    request_log_queue_size: int = 10_000  # sampled requests waiting for the log writer; more are dropped
+    request_log_file_max_bytes: int = 64 << 20  # a new log file past this size
+    request_log_max_total_bytes: int = 1 << 30  # per filename_prefix; the oldest files are removed past it
 
     @property
     def rest_timeout_seconds(self) -> float:

@@ -234,6 +234,7 @@ class RestApi:
             # JSON has no repeat-the-last-value shorthand: its bytes bound the decoding, the elements are counted
             self.handlers.check_elements(sum(a.size for a in inputs.values()))
             outputs = inference.run_predict(servable, name, inputs, [])
+            self.handlers.log_predict_arrays(spec, servable, inputs, outputs)
             return {"predictions": rows_to_json(outputs)} if rows else {"outputs": columns_to_json(outputs)}
         return self.handlers.infer("predict", ENTRYPOINT, None, run, spec, parse)
 

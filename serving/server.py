@@ -23,6 +23,7 @@ from serving.loader import LoaderOptions
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.options import ServerOptions
+from serving.request_log import RequestLogger
 from serving.rest import RestServer
 from serving.rest_api import RestApi
 from serving.servable import session_config
@@ -56,7 +57,10 @@ class ModelServer:
                                          options.tensorflow_inter_op_parallelism),
                           batching, options.max_request_elements, options.max_request_bytes),
             self.metrics, options.allow_version_labels_for_unavailable_models)
-        self.handlers = Handlers(self.manager, self.metrics, options.max_request_elements, options.max_request_bytes)
+        self.request_log = RequestLogger(self.metrics, options.request_log_queue_size,
+                                         options.request_log_file_max_bytes, options.request_log_max_total_bytes)
+        self.handlers = Handlers(self.manager, self.metrics, options.max_request_elements, options.max_request_bytes,
+                                 self.request_log)
         # Handlers that are slow or block (large requests, batch queues, model loads) run here, the others on
         # the event loop.
         self.pool = futures.ThreadPoolExecutor(max_workers=options.grpc_max_threads, thread_name_prefix="grpc")
@@ -71,14 +75,19 @@ class ModelServer:
     def _reload_polled_config(self) -> None:
         """The config-file poller's call: a config that cannot be read or applied keeps the previous one."""
         try:
-            self.manager.apply_config(config.model_server_config(self.options))
+            self._apply_config(config.model_server_config(self.options))
         except Exception as e:  # noqa: BLE001 - keep serving the previous config
             log.error("Reloading model config failed: %s", e)
+
+    def _apply_config(self, model_config) -> None:
+        """Serve `model_config`'s models, then log requests as its logging_configs say."""
+        self.manager.apply_config(model_config)
+        self.request_log.update(model_config)
 
     async def start(self) -> None:
         """Load the models (before serving: loading may block the loop), start the pollers, then listen."""
         options = self.options
-        self.manager.apply_config(config.model_server_config(options))
+        self._apply_config(config.model_server_config(options))
         self.pollers.append(Poller(options.file_system_poll_wait_seconds, self.manager.poll, "fs-poll"))
         if options.model_config_file:
             self.pollers.append(Poller(options.model_config_file_poll_wait_seconds, self._reload_polled_config,
@@ -141,6 +150,7 @@ class ModelServer:
         if rest is not None:
             await rest
         await loop.run_in_executor(None, self._stop_pollers)
+        await loop.run_in_executor(None, self.request_log.close)  # every answered request's record is written
         self.pool.shutdown(wait=False)
         self._stopped.set()
         log.info("Server stopped")
@@ -150,6 +160,7 @@ class ModelServer:
         if self.grpc_server:
             await self.grpc_server.stop(0)
         self._stop_pollers()
+        self.request_log.close()
         self.pool.shutdown(wait=False)
 
     async def wait(self) -> None:
@@ -184,3 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # the TF1 loader's deprecation notices
     return asyncio.run(serve(options))
+
+
+if __name__ == "__main__":  # `python -m serving.server` still serves; `python -m serving` also prepares the runtime
+    sys.exit(main())
