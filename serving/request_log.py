@@ -84,7 +84,7 @@ class RotatingRecordFile:
     def _rotate(self) -> None:
         self._writer.close()
         self._closed.append((self.path, self.size))
-        self._writer = None
+        self._writer, self.size = None, 0
         self._keep_budget()
 
     def _keep_budget(self) -> None:
