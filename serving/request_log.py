@@ -3,25 +3,24 @@ LogCollector), which its open-source server refuses to start with: sampled reque
 `tensorflow.serving.PredictionLog` records in size-rotated TFRecord files under a total disk budget, written by one
 thread from a bounded queue, so a request never waits for the disk and a full queue drops the record, not the request."""
 import datetime
-import glob
 import logging
 import os
 import queue
 import random
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import logging_config_pb2, model_server_config_pb2
 
+from components.request_logs import SUFFIX, file_name, log_files
 from serving.metrics import Metrics
 from serving.tensors import ndarray_to_proto
 
 log = logging.getLogger(__name__)
-SUFFIX = ".tfrecord"
 FRAME_BYTES = 16  # TFRecord framing per record: length (8) + its CRC (4) + data CRC (4)
 BATCH = 1024  # records the writer takes from the queue before one flush
 # After a record arrives the writer waits this long for more, then writes and flushes them together: one wake-up
@@ -32,25 +31,9 @@ LOG_FIELDS = {"predict": "predict_log", "classify": "classify_log", "regress": "
               "multi_inference": "multi_inference_log"}
 
 
-def log_files(prefix: str) -> List[str]:
-    """The log files written under `prefix`, oldest first (their names sort by creation time)."""
-    return sorted(glob.glob(glob.escape(prefix) + "-*" + SUFFIX))
-
-
-def read_records(prefix: str) -> Iterator[bytes]:
-    """Every whole record under `prefix`, oldest first, with TF's reader (CRC-checked); a file's torn tail (a
-    server killed mid-write) ends that file quietly."""
-    for path in log_files(prefix):
-        try:
-            for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-                yield record
-        except tf.errors.DataLossError as e:
-            log.warning("%s: stopped at a torn or corrupt record: %s", path, e.message.splitlines()[0])
-
-
 class RotatingRecordFile:
-    """TFRecord files `<prefix>-<UTC time>-<pid>-<n>.tfrecord` (TF's writer: per-record CRCs, so a reader stops cleanly
-    at a torn tail), a new one past `max_file_bytes`; past `max_total_bytes` in all, the oldest are removed."""
+    """TFRecord files `<prefix>-<UTC time>-<host>-<pid>-<n>.tfrecord` (TF's writer: per-record CRCs, so a reader stops
+    cleanly at a torn tail), a new one past `max_file_bytes`; past `max_total_bytes` in all, the oldest are removed."""
 
     def __init__(self, prefix: str, max_file_bytes: int, max_total_bytes: int, on_removed: Callable[[str], None]):
         self.prefix, self.max_file_bytes, self.max_total_bytes = prefix, max_file_bytes, max_total_bytes
@@ -63,9 +46,9 @@ class RotatingRecordFile:
         self.path, self.size, self._opened = "", 0, 0
 
     def _open(self) -> None:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         self._opened += 1  # several files may open within one microsecond
-        self.path, self.size = f"{self.prefix}-{stamp}-{os.getpid()}-{self._opened:06d}{SUFFIX}", 0
+        self.path = file_name(self.prefix, datetime.datetime.now(datetime.timezone.utc), self._opened)
+        self.size = 0
         self._writer = tf.io.TFRecordWriter(self.path)
 
     def write(self, records: List[bytes]) -> None:

@@ -1,6 +1,7 @@
 """Request logging (issue 13): the writer, rotation and disk budget in-process; then real server processes with
 logging_config in their --model_config_file: every API logged at sampling 1.0, the sampling rate honoured, SIGTERM
 flushing, a full queue dropping records not requests, a SIGKILL leaving readable files, the budget kept."""
+import datetime
 import json
 import os
 import pathlib
@@ -19,6 +20,7 @@ from tensorflow_serving.apis import (classification_pb2, inference_pb2, model_pb
 from tensorflow_serving.config import model_server_config_pb2
 
 from components import constants as c
+from components import request_logs
 from serving import config
 from serving import harness as h
 from serving import request_log
@@ -53,7 +55,7 @@ def model_config(models) -> model_server_config_pb2.ModelServerConfig:
 
 
 def read_logs(prefix) -> List[prediction_log_pb2.PredictionLog]:
-    return [prediction_log_pb2.PredictionLog.FromString(r) for r in request_log.read_records(str(prefix))]
+    return [prediction_log_pb2.PredictionLog.FromString(r) for r in request_logs.read_records(str(prefix))]
 
 
 def metric(text: str, name: str, **labels) -> float:
@@ -72,25 +74,45 @@ def test_rotation_keeps_the_budget_and_removes_the_oldest(tmp_path):
     file = request_log.RotatingRecordFile(str(tmp_path / "logs" / "iris"), 1000, 3000, removed.append)
     for i in range(100):
         file.write([b"%04d" % i + b"x" * 96])
-        files = request_log.log_files(str(tmp_path / "logs" / "iris"))
+        files = request_logs.log_files(str(tmp_path / "logs" / "iris"))
         total = sum(os.path.getsize(p) for p in files)
         assert total <= 3000 and (i < 30 or total > 3000 - 1044 - 116)  # within budget, and no more removed
     file.close()
-    files = request_log.log_files(str(tmp_path / "logs" / "iris"))
+    files = request_logs.log_files(str(tmp_path / "logs" / "iris"))
     assert len(files) > 1 and removed and not set(removed) & set(files)
-    numbers = [int(r[:4]) for r in request_log.read_records(str(tmp_path / "logs" / "iris"))]
+    numbers = [int(r[:4]) for r in request_logs.read_records(str(tmp_path / "logs" / "iris"))]
     assert numbers == list(range(100 - len(numbers), 100))  # the newest records, in order: oldest files removed
     assert all(os.path.getsize(p) <= 1000 + 116 for p in files)
+
+
+def test_file_names_carry_time_host_and_pid_and_a_prefix_sees_only_its_own(tmp_path):
+    when = datetime.datetime(2026, 11, 30, 14, 0, 3, 123456, tzinfo=datetime.timezone.utc)
+    name = request_logs.file_name(str(tmp_path / "iris"), when, 2, host="pod/ä b:1-x", pid=1)
+    assert os.path.basename(name) == "iris-20261130T140003.123456Z-pod___b_1-x-1-000002.tfrecord"
+    assert request_logs.file_time(name) == when
+    assert request_logs.safe_host("..") == "unknown" and len(request_logs.safe_host("h" * 300)) == 63
+    file = request_log.RotatingRecordFile(str(tmp_path / "iris"), 1 << 20, 1 << 30, lambda p: None)
+    file.write([b"one"])
+    file.close()
+    canary = request_log.RotatingRecordFile(str(tmp_path / "iris-canary"), 1 << 20, 1 << 30, lambda p: None)
+    canary.write([b"two"])
+    canary.close()
+    (path,) = request_logs.log_files(str(tmp_path / "iris"))
+    assert f"-{request_logs.safe_host()}-{os.getpid()}-000001.tfrecord" in path
+    assert abs(request_logs.file_time(path) - datetime.datetime.now(datetime.timezone.utc)).total_seconds() < 60
+    assert list(request_logs.read_records(str(tmp_path / "iris"))) == [b"one"]
+    with pytest.raises(ValueError, match="not a request log file name"):
+        request_logs.file_time(str(tmp_path / "iris.tfrecord"))
 
 
 def test_a_torn_tail_is_read_up_to_the_last_whole_record(tmp_path):
     file = request_log.RotatingRecordFile(str(tmp_path / "iris"), 1 << 20, 1 << 30, lambda p: None)
     file.write([b"record %d" % i for i in range(10)])
     file.close()
-    (path,) = request_log.log_files(str(tmp_path / "iris"))
+    (path,) = request_logs.log_files(str(tmp_path / "iris"))
     with open(path, "r+b") as f:  # what a kill in the middle of a write leaves
         f.truncate(os.path.getsize(path) - 5)
-    assert list(request_log.read_records(str(tmp_path / "iris"))) == [b"record %d" % i for i in range(9)]
+    assert list(request_logs.read_records(str(tmp_path / "iris"))) == [b"record %d" % i for i in range(9)]
 
 
 def test_logger_writes_prediction_logs_with_metadata_and_drops_when_full(tmp_path):
@@ -106,7 +128,7 @@ def test_logger_writes_prediction_logs_with_metadata_and_drops_when_full(tmp_pat
         logger.log("predict", model_pb2.ModelSpec(name="off"), 7, request, response)  # sampling 0
     logger.close()
     logs = read_logs(tmp_path / "iris")
-    assert len(logs) == 50 and not request_log.log_files(str(tmp_path / "o"))
+    assert len(logs) == 50 and not request_logs.log_files(str(tmp_path / "o"))
     meta = logs[0].log_metadata
     assert (meta.model_spec.name, meta.model_spec.version.value, meta.sampling_config.sampling_rate,
             list(meta.saved_model_tags)) == ("iris", 7, 1.0, ["serve"])
@@ -234,7 +256,7 @@ def test_full_queue_drops_records_not_requests_and_the_budget_holds(tmp_path, mo
     assert dropped > 0, page
     assert metric(page, ":tensorflow:serving:request_log_files_removed_total") > 0
     assert "removed the oldest file" in server.log()
-    files = request_log.log_files(str(prefix))
+    files = request_logs.log_files(str(prefix))
     assert len(files) > 1 and sum(os.path.getsize(p) for p in files) <= 12000
 
 
@@ -262,7 +284,7 @@ def test_sigkill_leaves_readable_logs(tmp_path, model):
                 futures.wait(pending)
     finally:
         server.stop()
-    files = request_log.log_files(str(prefix))
+    files = request_logs.log_files(str(prefix))
     for path in files[:-1]:  # finished files: TF's own reader, record by record, without a CRC error
         assert all(prediction_log_pb2.PredictionLog.FromString(r).predict_log.request.inputs
                    for r in tf.data.TFRecordDataset(path).as_numpy_iterator())
