@@ -22,6 +22,8 @@ PROBABILITIES_OUTPUT = "probabilities"       # float [batch, num_classes]
 CLASSES_OUTPUT = "classes"                   # string [batch, num_classes], aligned with probabilities/scores
 PREDICTED_OUTPUT = "species"                 # string [batch], the most probable class
 SCORES_OUTPUT = "scores"                     # float [batch, num_classes] in the classification signature
+ASSETS_EXTRA = "assets.extra"                # a SavedModel's directory of files TF Serving reads beside the model
+SCHEMA_ASSET = "schema.pbtxt"                # the Trainer's schema in <SavedModel>/ASSETS_EXTRA: the server's bounds
 ACCURACY_METRIC = "sparse_categorical_accuracy"  # the Evaluator's accuracy, as TFMA and Keras' logs name it
 
 # Names and default places shared by the pipeline, the server and the CLI (the bottom layer, so neither of the
