@@ -33,6 +33,7 @@ MODEL_NAME = "iris"                          # the served model's name, and the 
 DEFAULT_DATA = os.path.join("data", "iris.csv")
 DEFAULT_SCHEMA = os.path.join("schema", "schema.pbtxt")
 DEFAULT_WORKDIR = "iris-tfx-work"
+MONITORING_DIR = "monitoring"                # <workdir>/MONITORING_DIR/<run id>/<UTC stamp>/: iris-tfx monitor's results
 
 
 def default_serving_dir(workdir: str = DEFAULT_WORKDIR, model_name: str = MODEL_NAME) -> str:
