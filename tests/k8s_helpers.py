@@ -42,6 +42,21 @@ PROJECT_IMAGE = "iris-tfx"  # the image name in the base, replaced by each overl
 PROJECT_SERVER_COMMAND = ["iris-tfx", "serve"]  # the project's drop-in for tensorflow_model_server
 # The prod overlay's lockdown (flags of `iris-tfx serve` that tensorflow_model_server does not have).
 LOCKDOWN_FLAGS = {"enable_model_management": "false", "model_base_path_roots": "/models"}
+# Request logging (prod's models.config logging_config) and its monitor (the prod overlay's CronJob).
+REQUEST_LOGS_PVC = "iris-request-logs"
+PIPELINE_DATA_PVC = "iris-pipeline-data"
+MONITORING_PVC = "iris-monitoring"
+MONITOR = "iris-monitor"
+MONITOR_CONTAINER = "monitor"
+MONITOR_COMMAND = ["iris-tfx", "monitor"]
+# Flags of `iris-tfx serve` for the request log's files (serving/config.py), beside TF Serving's.
+REQUEST_LOG_FLAGS = {"request_log_queue_size", "request_log_file_max_bytes", "request_log_max_total_bytes"}
+# Kubeflow Pipelines' ML Metadata gRPC server (its manifests: Service metadata-grpc-service, pods
+# component: metadata-grpc-server, port 8080) and the cluster DNS, the monitor's only destinations.
+MLMD_NAMESPACE = {"kubernetes.io/metadata.name": "kubeflow"}
+MLMD_PODS = {"component": "metadata-grpc-server"}
+DNS_NAMESPACE = {"kubernetes.io/metadata.name": "kube-system"}
+DNS_PODS = {"k8s-app": "kube-dns"}
 # NetworkPolicy: the label of client pods (and of namespaces whose labelled pods are clients), and Prometheus.
 CLIENT_LABEL = {"iris-tfx/serving-client": "true"}
 PROMETHEUS_NAMESPACE = {"kubernetes.io/metadata.name": "monitoring"}
@@ -70,6 +85,20 @@ CUSTOM_KINDS = {"TFJob", "InferenceService"}
 SERVING_KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
                  "ConfigMap"}
 OVERLAY_KINDS = SERVING_KINDS | {"Namespace", "PersistentVolumeClaim", "TFJob"}
+OVERLAY_PVCS = {MODELS_PVC, PIPELINE_DATA_PVC}
+# The overlays whose model server (`iris-tfx serve`) logs requests, with the monitor CronJob, its NetworkPolicy and
+# volumes: dev runs tensorflow/serving, which refuses a logging_config.
+MONITORED_OVERLAYS = {"prod"}
+
+
+def overlay_kinds(overlay: str) -> set:
+    """The kinds an overlay renders: the base's, plus the monitor's CronJob where requests are logged."""
+    return OVERLAY_KINDS | ({"CronJob"} if overlay in MONITORED_OVERLAYS else set())
+
+
+def overlay_pvcs(overlay: str) -> set:
+    """The claims an overlay renders: the base's, plus the request logs and monitor results where logged."""
+    return OVERLAY_PVCS | ({REQUEST_LOGS_PVC, MONITORING_PVC} if overlay in MONITORED_OVERLAYS else set())
 
 
 # --- rendering ----------------------------------------------------------------------------------
@@ -132,6 +161,16 @@ def serving_container(objects: List[dict]) -> dict:
     return next(c for c in pod["containers"] if c["name"] == SERVING_CONTAINER)
 
 
+def monitor_pod(objects: List[dict]) -> dict:
+    """The pod spec of the monitor CronJob's Jobs."""
+    return one(objects, "CronJob", MONITOR)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def monitor_container(objects: List[dict]) -> dict:
+    """The container that runs `iris-tfx monitor` in the monitor CronJob's pods."""
+    return next(c for c in monitor_pod(objects)["containers"] if c["name"] == MONITOR_CONTAINER)
+
+
 def runs_tf_serving(container: dict) -> bool:
     """Whether the serving container runs tensorflow/serving (else the project image's `iris-tfx serve`)."""
     return container["image"].partition(":")[0] == SERVING_IMAGE
@@ -188,6 +227,17 @@ def parse_batching(text: str) -> BatchingParameters:
     """A batching_parameters file as TF Serving parses it (the descriptor serving/ declares; the
     tensorflow-serving-api wheel does not ship session_bundle_config.proto)."""
     return text_format.Parse(text, BatchingParameters())
+
+
+def configmap_files(overlay: str) -> Dict[str, pathlib.Path]:
+    """The files of the serving ConfigMap in OVERLAY: the base's generator files, each replaced by the overlay's own
+    file of that name if it has one (its generator merges it over the base's)."""
+    (generator,) = [g for g in kustomization(BASE)["configMapGenerator"] if g["name"] == CONFIGMAP]
+    files = {}
+    for name in generator["files"]:
+        own = OVERLAYS_DIR / overlay / name
+        files[name] = own if own.is_file() else BASE / name
+    return files
 
 
 def validate_builtin(obj: dict) -> None:

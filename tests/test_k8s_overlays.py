@@ -5,10 +5,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8s_helpers import (CUSTOM_KINDS, DEPLOYMENT, K8S, K8S_VERSION, KUSTOMIZE_V2_FIELDS, MODELS_PVC, OVERLAY_KINDS,
+from k8s_helpers import (CUSTOM_KINDS, DEPLOYMENT, K8S, K8S_VERSION, KUSTOMIZE_V2_FIELDS, MONITOR, MONITORED_OVERLAYS,
                          OVERLAYS_DIR, TFJOB, assert_container_locked_down, available_overlays, dockerfile_user,
-                         kustomization, one, OverlayError, quantity, render, render_overlay, serving_container,
-                         validate_builtin)
+                         kustomization, monitor_pod, one, OverlayError, overlay_kinds, overlay_pvcs, quantity, render,
+                         render_overlay, serving_container, validate_builtin)
 
 
 def test_dev_and_prod_overlays_exist():
@@ -46,14 +46,15 @@ def test_kustomizations_use_only_fields_of_debians_kubectl():
 def test_overlay_renders_its_objects_in_its_namespace(overlay):
     objects = render_overlay(overlay)
     kinds = {o["kind"] for o in objects}
-    assert kinds == OVERLAY_KINDS
+    assert kinds == overlay_kinds(overlay)
     namespace = kustomization(OVERLAYS_DIR / overlay)["namespace"]
     assert one(objects, "Namespace")["metadata"]["name"] == namespace
     for obj in objects:
         if obj["kind"] != "Namespace":
             assert obj["metadata"].get("namespace") == namespace, obj["metadata"]
-    assert {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"} == {
-        MODELS_PVC, "iris-pipeline-data"}
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"} == overlay_pvcs(overlay)
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"} == {DEPLOYMENT, TFJOB} | (
+        {MONITOR} if overlay in MONITORED_OVERLAYS else set())
 
 
 def test_overlays_have_their_own_namespaces():
@@ -68,7 +69,7 @@ def test_builtin_objects_validate_strictly(overlay):
         if obj["kind"] not in CUSTOM_KINDS:
             validate_builtin(obj)
             validated.add(obj["kind"])
-    assert validated == OVERLAY_KINDS - CUSTOM_KINDS
+    assert validated == overlay_kinds(overlay) - CUSTOM_KINDS
     # The TFJob's pod template is a core/v1 PodTemplateSpec: validate it as one.
     for replica_type, replica in one(render_overlay(overlay), "TFJob")["spec"]["tfReplicaSpecs"].items():
         validate_builtin({"apiVersion": "v1", "kind": "PodTemplate",
@@ -103,10 +104,18 @@ def test_selectors_and_references_resolve(overlay):
     # The TFJob's pods must not be picked up by the serving Service.
     job_labels = one(objects, "TFJob")["spec"]["tfReplicaSpecs"]["Worker"]["template"]["metadata"]["labels"]
     assert not selector.items() <= job_labels.items()
+    # Nor the monitor's, which its own NetworkPolicy selects (and no other policy does).
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    if overlay in MONITORED_OVERLAYS:
+        cronjob = one(objects, "CronJob", MONITOR)["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        assert not selector.items() <= cronjob.items()
+        assert [p["metadata"]["name"] for p in policies
+                if p["spec"]["podSelector"]["matchLabels"].items() <= cronjob.items()] == [MONITOR]
     # Every ConfigMap and claim a pod uses is in the rendering.
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     pods = [deployment["spec"]["template"]["spec"]] + [
-        r["template"]["spec"] for r in one(objects, "TFJob")["spec"]["tfReplicaSpecs"].values()]
+        r["template"]["spec"] for r in one(objects, "TFJob")["spec"]["tfReplicaSpecs"].values()] + (
+        [monitor_pod(objects)] if overlay in MONITORED_OVERLAYS else [])
     for pod in pods:
         for volume in pod.get("volumes", []):
             if "configMap" in volume:
@@ -121,7 +130,8 @@ def test_security_context_and_resources(overlay):
     deployment = one(objects, "Deployment", DEPLOYMENT)
     job = one(objects, "TFJob", TFJOB)
     pods = [("serving", deployment["spec"]["template"]["spec"])] + [
-        (name, r["template"]["spec"]) for name, r in job["spec"]["tfReplicaSpecs"].items()]
+        (name, r["template"]["spec"]) for name, r in job["spec"]["tfReplicaSpecs"].items()] + (
+        [("monitor", monitor_pod(objects))] if overlay in MONITORED_OVERLAYS else [])
     uid, gid = dockerfile_user()
     for name, pod in pods:
         pod_security = pod.get("securityContext", {})

@@ -12,7 +12,7 @@ from typing import Tuple
 import pytest
 import yaml
 
-from k8s_helpers import (DEPLOYMENT, KSERVE, OVERLAYS_DIR, REPO, SERVING_IMAGE, TFJOB, available_overlays,
+from k8s_helpers import (DEPLOYMENT, KSERVE, MONITOR, OVERLAYS_DIR, REPO, SERVING_IMAGE, TFJOB, available_overlays,
                          kustomization, one, render, render_overlay)
 
 # checkov is a process of its own (a few seconds to a minute).
@@ -28,6 +28,7 @@ ACCEPTED_FINDINGS = {
     ("CKV_K8S_43", f"Deployment/{DEPLOYMENT}"): _DIGEST,
     ("CKV_K8S_43", f"Pod/{TFJOB}-worker"): _DIGEST,
     ("CKV_K8S_43", "Pod/iris-predictor"): _DIGEST,
+    ("CKV_K8S_43", f"CronJob/{MONITOR}"): _DIGEST,
     ("CKV_K8S_8", f"Pod/{TFJOB}-worker"): "a training worker serves nothing a liveness probe could ask; the "
                                           "operator restarts a failed worker (restartPolicy: OnFailure)",
     ("CKV_K8S_9", f"Pod/{TFJOB}-worker"): "a training worker takes no traffic, so readiness means nothing",
@@ -136,7 +137,8 @@ def test_scanner_is_the_locked_checkov():
 def test_scanner_checks_every_deployed_object_and_the_dockerfile():
     _, checked, _ = scan()
     expected = {("dockerfile", "Dockerfile"), ("kubernetes", f"Deployment/{DEPLOYMENT}"),
-                ("kubernetes", f"Pod/{TFJOB}-worker"), ("kubernetes", "Pod/iris-predictor")}
+                ("kubernetes", f"Pod/{TFJOB}-worker"), ("kubernetes", "Pod/iris-predictor"),
+                ("kubernetes", f"CronJob/{MONITOR}")}
     assert expected <= set(checked), expected - set(checked)
 
 

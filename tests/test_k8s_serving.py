@@ -10,10 +10,11 @@ from typing import Dict, List, Set, Tuple
 import pytest
 from google.protobuf import text_format
 
-from k8s_helpers import (BASE, CLIENT_LABEL, CONFIGMAP, DEPLOYMENT, LOCKDOWN_FLAGS, MODELS_PVC, OVERLAYS_DIR,
-                         PROJECT_IMAGE, PROJECT_SERVER_COMMAND, PROMETHEUS_NAMESPACE, PROMETHEUS_PODS, SERVING_IMAGE,
-                         TF_SERVING_FLAGS, available_overlays, flags, kustomization, mount_of_volume, one,
-                         parse_batching, parse_models_config, render_overlay, runs_tf_serving, serving_container,
+from k8s_helpers import (BASE, CLIENT_LABEL, CONFIGMAP, DEPLOYMENT, LOCKDOWN_FLAGS, MODELS_PVC, MONITORED_OVERLAYS,
+                         OVERLAYS_DIR, PROJECT_IMAGE, PROJECT_SERVER_COMMAND, PROMETHEUS_NAMESPACE, PROMETHEUS_PODS,
+                         REQUEST_LOG_FLAGS, REQUEST_LOGS_PVC, SERVING_IMAGE, TF_SERVING_FLAGS, available_overlays,
+                         configmap_files, flags, kustomization, mount_of_volume, one, parse_batching,
+                         parse_models_config, quantity, render_overlay, runs_tf_serving, serving_container,
                          volume_mounted_at)
 from serving import defaults
 
@@ -23,7 +24,7 @@ def test_ports_and_model_name_agree_with_serving_defaults(overlay):
     objects = render_overlay(overlay)
     container = serving_container(objects)
     args = flags(container)
-    known = TF_SERVING_FLAGS if runs_tf_serving(container) else TF_SERVING_FLAGS | set(LOCKDOWN_FLAGS)
+    known = TF_SERVING_FLAGS if runs_tf_serving(container) else TF_SERVING_FLAGS | set(LOCKDOWN_FLAGS) | REQUEST_LOG_FLAGS
     assert set(args) <= known, set(args) - known
     assert int(args["port"]) == defaults.GRPC_PORT
     assert int(args["rest_api_port"]) == defaults.REST_PORT
@@ -102,9 +103,10 @@ def test_network_policy_admits_only_clients_and_prometheus_and_no_egress(overlay
 def test_models_config_and_paths_agree(overlay, tmp_path):
     objects = render_overlay(overlay)
     configmap = one(objects, "ConfigMap", CONFIGMAP)
-    # The ConfigMap holds exactly the files of k8s/base, which the local server can read as they are.
-    assert configmap["data"] == {"models.config": (BASE / "models.config").read_text(),
-                                 "batching_parameters.txt": (BASE / "batching_parameters.txt").read_text()}
+    # The ConfigMap holds exactly the files of k8s/base (or the overlay's own models.config), which the local server
+    # can read as they are.
+    assert configmap["data"] == {key: path.read_text() for key, path in configmap_files(overlay).items()}
+    assert set(configmap["data"]) == {"models.config", "batching_parameters.txt"}
     deployment = one(objects, "Deployment", DEPLOYMENT)
     pod = deployment["spec"]["template"]["spec"]
     container = serving_container(objects)
@@ -139,6 +141,92 @@ def test_models_config_and_paths_agree(overlay, tmp_path):
     local_batching = local.read_batching_parameters(parsed.batching_parameters_file)
     expected = parse_batching(configmap["data"]["batching_parameters.txt"])
     assert text_format.MessageToString(local_batching) == text_format.MessageToString(expected) != ""
+
+
+def logging_problems(objects: List[dict]) -> List[str]:
+    """What is wrong with an overlay's request logging: tensorflow/serving given a logging_config (it refuses to start:
+    "No request-logger-creator provided"), or `iris-tfx serve`'s logs not going to the read-write request logs
+    volume, its config differing from the base's in more than the logging_config, or a disk budget the volume cannot
+    hold for every replica; empty when it is as intended."""
+    problems = []
+    container = serving_container(objects)
+    pod = one(objects, "Deployment", DEPLOYMENT)["spec"]["template"]["spec"]
+    config = parse_models_config(one(objects, "ConfigMap", CONFIGMAP)["data"]["models.config"])
+    logged = [m for m in config.model_config_list.config if m.HasField("logging_config")]
+    if runs_tf_serving(container):
+        problems += [f"model {m.name!r} has a logging_config, which tensorflow/serving refuses" for m in logged]
+        problems += [f"tensorflow/serving is given the request log flag --{name}" for name in
+                     set(flags(container)) & REQUEST_LOG_FLAGS]
+        return problems
+    if not logged:
+        problems.append("no model of models.config has a logging_config")
+    for model in logged:
+        prefix = model.logging_config.log_collector_config.filename_prefix
+        if not 0 < model.logging_config.sampling_config.sampling_rate <= 1:
+            problems.append(f"model {model.name!r}: sampling_rate {model.logging_config.sampling_config.sampling_rate}")
+        mounts = [m for m in container.get("volumeMounts", []) if prefix.startswith(m["mountPath"].rstrip("/") + "/")]
+        if not mounts:
+            problems.append(f"model {model.name!r}: {prefix} is on no volume (the root filesystem is read-only)")
+            continue
+        volume, mount = volume_mounted_at(pod, container, prefix)
+        if volume.get("persistentVolumeClaim", {}).get("claimName") != REQUEST_LOGS_PVC or mount.get("readOnly"):
+            problems.append(f"model {model.name!r}: {prefix} is not on the read-write {REQUEST_LOGS_PVC} volume")
+    unlogged = parse_models_config(str(config))
+    for model in unlogged.model_config_list.config:
+        model.ClearField("logging_config")
+    if unlogged != parse_models_config((BASE / "models.config").read_text()):
+        problems.append("models.config differs from k8s/base/models.config in more than its logging_config")
+    from serving import config as local
+    parsed = local.parse_flags(container["args"])
+    claims = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PersistentVolumeClaim"}
+    if REQUEST_LOGS_PVC in claims:
+        # Each server process keeps its files within the budget: every replica the HPA may run, and the one a rolling
+        # update adds, at once.
+        deployment = one(objects, "Deployment", DEPLOYMENT)["spec"]
+        replicas = one(objects, "HorizontalPodAutoscaler", DEPLOYMENT)["spec"]["maxReplicas"] + int(
+            deployment["strategy"]["rollingUpdate"]["maxSurge"])
+        size = quantity(claims[REQUEST_LOGS_PVC]["spec"]["resources"]["requests"]["storage"])
+        if size < replicas * (parsed.request_log_max_total_bytes + parsed.request_log_file_max_bytes):
+            problems.append(f"{REQUEST_LOGS_PVC} ({size:.0f} bytes) cannot hold {replicas} replicas' budgets of "
+                            f"{parsed.request_log_max_total_bytes} bytes and an open file each")
+        if "ReadWriteMany" not in claims[REQUEST_LOGS_PVC]["spec"]["accessModes"]:
+            problems.append(f"{REQUEST_LOGS_PVC} is not ReadWriteMany: replicas on several nodes write it")
+    for name in ("request_log_file_max_bytes", "request_log_max_total_bytes"):
+        if name not in flags(container):
+            problems.append(f"--{name} is not set: the server's default is not sized for the volume")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", available_overlays())
+def test_requests_are_logged_only_by_the_server_that_honours_logging_config(overlay):
+    objects = render_overlay(overlay)
+    assert logging_problems(objects) == []
+    # Requests are logged (and monitored) exactly where the project's server runs.
+    assert (overlay in MONITORED_OVERLAYS) == (not runs_tf_serving(serving_container(objects)))
+
+
+def test_logging_checks_catch_a_misplaced_or_refused_logging_config():
+    prod, dev = render_overlay("prod"), render_overlay("dev")
+    prod_config = one(prod, "ConfigMap", CONFIGMAP)["data"]["models.config"]
+    one(dev, "ConfigMap", CONFIGMAP)["data"]["models.config"] = prod_config
+    assert any("tensorflow/serving refuses" in p for p in logging_problems(dev))
+
+    def broken(change) -> List[str]:
+        objects = copy.deepcopy(prod)
+        change(objects)
+        return logging_problems(objects)
+
+    def logs_mount(objects) -> dict:
+        return mount_of_volume(serving_container(objects), "request-logs")
+
+    assert any("read-write" in p for p in broken(lambda o: logs_mount(o).update(readOnly=True)))
+    assert any("on no volume" in p for p in broken(lambda o: logs_mount(o).update(mountPath="/var/logs")))
+    assert any("more than its logging_config" in p for p in broken(lambda o: one(o, "ConfigMap", CONFIGMAP)[
+        "data"].update({"models.config": prod_config.replace('"/models/iris"', '"/models/other"')})))
+    assert any("cannot hold" in p for p in broken(lambda o: one(o, "HorizontalPodAutoscaler", DEPLOYMENT)[
+        "spec"].update(maxReplicas=40)))
+    assert any("--request_log_max_total_bytes is not set" in p for p in broken(lambda o: serving_container(o)[
+        "args"].remove("--request_log_max_total_bytes=1073741824")))
 
 
 def test_client_defaults_reach_the_service_through_a_port_forward(monkeypatch):
