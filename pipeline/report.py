@@ -1,6 +1,7 @@
-"""The run report: one self-contained HTML page per pipeline run (graph, data, training, evaluation, outcome),
-read from the run's artifacts through ML Metadata and the TFX/TFDV/TFMA readers. It loads nothing from a network:
-its figures are inline SVG and its Content-Security-Policy forbids every fetch."""
+"""The run report: one self-contained HTML page per pipeline run (graph, data, training, evaluation, outcome and,
+once `iris-tfx monitor` has checked the model's traffic, monitoring), read from the run's artifacts through ML
+Metadata and the TFX/TFDV/TFMA readers. It loads nothing from a network: its figures are inline SVG and its
+Content-Security-Policy forbids every fetch."""
 import contextlib
 import dataclasses
 import gzip
@@ -16,6 +17,7 @@ import numpy as np
 
 from components import constants
 from pipeline import report_figures as figures
+from pipeline import report_monitoring as monitoring_lib
 from pipeline.config import PipelineConfig
 
 if TYPE_CHECKING:  # imported where used: it imports TFX, and a wrong --workdir should fail at once
@@ -41,6 +43,7 @@ class ReportData:
     outputs: Dict[str, object] = dataclasses.field(default_factory=dict)  # "Node.output_key" -> tfx Artifact
     pipeline_nodes: List[str] = dataclasses.field(default_factory=list)     # every node, in pipeline order
     pipeline_edges: List[figures.GraphEdge] = dataclasses.field(default_factory=list)
+    monitoring: Optional[monitoring_lib.Monitoring] = None  # the newest `iris-tfx monitor` result of the run
 
 
 def write_report(workdir: str, run_id: Optional[str] = None, failure: Optional[str] = None,
@@ -84,7 +87,8 @@ def read_run(workdir: str, run_id: Optional[str] = None, pipeline_name: str = co
         outputs = _outputs_by_key(store, runs[0])
     nodes, edges = pipeline_dag()
     return ReportData(summary=summary, started=summary_lib.utc(summary.started_ms), data_path=summary.data_path or None,
-                     outputs=outputs, pipeline_nodes=nodes, pipeline_edges=edges)
+                     outputs=outputs, pipeline_nodes=nodes, pipeline_edges=edges,
+                     monitoring=monitoring_lib.read(workdir, summary.run_id))
 
 
 def _outputs_by_key(store, run) -> Dict[str, object]:
@@ -135,6 +139,8 @@ def build_figures(record: ReportData) -> Dict[str, str]:
         for model, matrix in confusion_matrices(evaluation.uri, len(classes)).items():
             name = f"confusion-{model.split()[0]}"  # confusion-new, confusion-baseline
             drawn[name] = figures.confusion_matrix_svg(name, f"{model}: eval split", matrix, classes)
+    if record.monitoring is not None:
+        drawn.update(monitoring_lib.build_figures(record.monitoring))
     return drawn
 
 
@@ -312,12 +318,14 @@ figure svg { max-width: 100%; height: auto; }
 
 
 def render(record: ReportData, drawn: Mapping[str, str]) -> str:
-    """The whole page: outcome first, then the pipeline graph, the data, training and evaluation."""
+    """The whole page: outcome first, then the pipeline graph, the data, training, evaluation and monitoring."""
     s = record.summary
     body = [f"<h1>Iris pipeline run {_e(s.run_id)}</h1>",
             f"<p>Started {_e(record.started)}; data: <code>{_e(record.data_path or 'unknown')}</code></p>",
             _outcome_section(record), _pipeline_section(record, drawn), _data_section(record, drawn),
             _training_section(record, drawn), _evaluation_section(record, drawn)]
+    if record.monitoring is not None:
+        body.append(monitoring_lib.section(record.monitoring, lambda name: _figure(drawn, name)))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
             f"<title>Iris run {_e(s.run_id)}</title><style>{_STYLE}</style></head>\n<body>\n"

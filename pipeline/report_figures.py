@@ -1,5 +1,6 @@
 """The run report's pictures as inline SVG: the pipeline graph (graphviz `dot` through pydot, already a TFX
-dependency) and the data, training and evaluation figures (matplotlib's Agg backend). Pure: no ML Metadata."""
+dependency) and the data, training, evaluation and monitoring figures (matplotlib's Agg backend). Pure: no ML
+Metadata."""
 import dataclasses
 import io
 import re
@@ -138,3 +139,56 @@ def matrix_from_entries(entries: Sequence[Tuple[int, int, float]], size: int) ->
         if 0 <= actual < size and 0 <= predicted < size:
             matrix[actual, predicted] += count
     return matrix
+
+
+@dataclasses.dataclass
+class Histogram:
+    """Buckets of one feature's values (TFDV's numeric histogram): [low, high) edges and the count in each."""
+    lows: np.ndarray
+    highs: np.ndarray
+    counts: np.ndarray
+
+
+def densities(histogram: Histogram, zero_width: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(bar widths, heights) of a histogram as a density: each bar's area is its bucket's share of the values.
+    TFDV gives a constant feature one bucket of zero width: it is drawn `zero_width` wide, not infinitely tall."""
+    widths = np.where(histogram.highs > histogram.lows, histogram.highs - histogram.lows, zero_width)
+    total = histogram.counts.sum()
+    return widths, (histogram.counts / total / widths if total else np.zeros_like(widths))
+
+
+def distributions_svg(figure_id: str, title: str, xlabel: str, histograms: Mapping[str, Histogram]) -> str:
+    """Several distributions of one feature (e.g. training, serving) on one axis as densities, so that histograms
+    with different bucket edges compare fairly."""
+    figure, (ax,) = _figure(3.4, 2.6)
+    known = [h for h in histograms.values() if h.counts.size]
+    span = max((h.highs.max() for h in known), default=1.0) - min((h.lows.min() for h in known), default=0.0)
+    for i, ((name, histogram), colour) in enumerate(zip(histograms.items(), ("#4c72b0", "#dd8452", "#55a868"))):
+        widths, heights = densities(histogram, (span or 1.0) / 100)
+        # the first filled, the others outlined: where they coincide both stay visible
+        ax.bar(histogram.lows, heights, width=widths, align="edge", fill=i == 0, color=colour,
+               alpha=0.5 if i == 0 else 1.0, edgecolor=colour, linewidth=0.8 if i == 0 else 1.4,
+               label=f"{name} ({histogram.counts.sum():,.0f})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    return _svg(figure, figure_id)
+
+
+def shares_svg(figure_id: str, title: str, shares: Mapping[str, Mapping[str, float]], classes: Sequence[str]) -> str:
+    """Grouped bars: each class's share in each of several mixes (e.g. training labels, predicted species)."""
+    figure, (ax,) = _figure(3.8, 2.6)
+    width = 0.8 / max(len(shares), 1)
+    for i, (name, mix) in enumerate(shares.items()):
+        positions = np.arange(len(classes)) + (i - (len(shares) - 1) / 2) * width
+        values = [mix.get(c, 0.0) for c in classes]
+        ax.bar(positions, values, width=width, label=name)
+        for x, value in zip(positions, values):
+            ax.text(x, value, f"{value:.0%}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1.12)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    return _svg(figure, figure_id)
