@@ -16,6 +16,7 @@ COMMAND_GROUPS = (
     "iris_tfx.runs",
     "iris_tfx.models",
     "iris_tfx.report",
+    "iris_tfx.monitor",
 )
 # Commands whose logs are read as logs (a run's log file, a server's output): TensorFlow's warnings stay in them.
 LOGGING_COMMANDS = ("run", "serve")

@@ -1,0 +1,58 @@
+"""iris-tfx monitor: skew and drift of the served traffic (the server's request logs) against the training data of
+the model that answered it, with TFDV; exit 1 when found, so a scheduled job can gate a retraining on it."""
+import argparse
+import os
+import re
+
+from components.constants import DEFAULT_WORKDIR
+from iris_tfx import console
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2  # nothing found; skew or drift found; bad input
+_HOST_PORT = re.compile(r"[^\s:]+:\d{1,5}")
+
+
+def host_port(text: str) -> str:
+    """An argparse type: HOST:PORT, else argparse's own error (exit 2)."""
+    if not _HOST_PORT.fullmatch(text) or not 0 < int(text.rsplit(":", 1)[1]) < 65536:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT (got {text})")
+    return text
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `monitor --logs PREFIX [--workdir DIR | --metadata_grpc HOST:PORT] [--since TIME]`."""
+    monitor = subparsers.add_parser(
+        "monitor", help="skew and drift of the logged requests against the model's training data (exit 1 if found)")
+    monitor.add_argument("--logs", required=True, metavar="PREFIX",
+                         help="the logging_config filename_prefix the server writes <PREFIX>-*.tfrecord under")
+    monitor.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                         help="the pipeline's workdir: its ML Metadata (unless --metadata_grpc) and where the "
+                              "results go, <workdir>/monitoring/<run id>/<UTC time>/ (default: %(default)s)")
+    monitor.add_argument("--metadata_grpc", metavar="HOST:PORT", type=host_port,
+                         help="read ML Metadata from this metadata gRPC service instead of <workdir>/metadata.sqlite")
+    monitor.add_argument("--since", metavar="TIME",
+                         help="only requests logged since TIME: ISO 8601 (UTC unless a zone is given) or a span "
+                              "back from now (90s, 30m, 1h, 7d); drift is then checked against the window of the "
+                              "same length before it (default: every logged request, no drift check)")
+    monitor.set_defaults(handler=_monitor)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    """Prints one verdict line per feature and the species mix per model version, and where the results are."""
+    from pipeline import monitor  # pylint: disable=g-import-not-at-top  (imports TensorFlow and TFDV)
+    from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    try:
+        results = monitor.monitor(args.logs, args.workdir, args.metadata_grpc, args.since)
+    except monitor.MonitorError as err:
+        console.error(str(err))
+        return EXIT_USAGE
+    found = False
+    for result, directory in results:
+        print("\n".join(monitor.verdict_lines(result)))
+        print(f"Result: {directory}")
+        found |= result.found
+        run_id = result.data["run_id"]
+        if not args.metadata_grpc and os.path.exists(PipelineConfig(workdir=args.workdir).report_path(run_id)):
+            from pipeline import report  # pylint: disable=g-import-not-at-top
+            print(f"Report: {report.write_report(args.workdir, run_id)}")
+    print("Skew or drift found (exit 1)." if found else "No skew or drift found.")
+    return EXIT_FOUND if found else EXIT_OK

@@ -1,0 +1,505 @@
+"""`iris-tfx monitor`: the served traffic (the server's PredictionLog files) against the training data of the model
+that answered it. SKEW: a window of logged traffic vs the training split's statistics of the run that trained that
+version (found through ML Metadata); DRIFT: the window vs the previous window of the same length. Both are TFDV's
+validate_statistics with the comparators and thresholds the run's schema declares; results go to
+<workdir>/monitoring/<run id>/<UTC stamp>/ (result.json, the statistics, anomalies.pbtxt) for the run's report."""
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import re
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+
+from components import constants, request_logs
+
+if TYPE_CHECKING:  # imported where used: TensorFlow, TFDV and Arrow take seconds, a bad flag should not wait
+    import pyarrow as pa
+    from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # a result directory's name
+SCHEMA_FILE = "schema.pbtxt"  # what ImportSchemaGen writes into its Schema artifact
+TRAIN_SPLIT = "train"
+_RELATIVE = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# In a log file's name, after its UTC stamp: the writer (`<host>-<pid>`, or `<pid>` in older names) and the file's n.
+_WRITER = re.compile(r"-\d{8}T\d{6}\.\d{6}Z-(.*)-\d+" + re.escape(request_logs.SUFFIX) + "$")
+
+
+class MonitorError(ValueError):
+    """Bad input (no logs, nothing in the window, an unknown version, a bad time): one line saying what and where."""
+
+
+def utc_now() -> datetime.datetime:
+    """Now, in UTC (one place, so every time the monitor compares is aware and in UTC)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
+    """--since: an ISO 8601 time (UTC unless it names a zone) or a span back from now (`90s`, `30m`, `1h`, `7d`)."""
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative:
+        return now - datetime.timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise MonitorError(f"--since {text!r} is neither an ISO 8601 time (2026-11-30T14:00:00Z) nor a span back "
+                           "from now (90s, 30m, 1h, 7d)") from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    if moment > now:
+        raise MonitorError(f"--since {text} is in the future (now is {now:%Y-%m-%dT%H:%M:%SZ})")
+    return moment.astimezone(datetime.timezone.utc)
+
+
+# --- the logged traffic -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Traffic:
+    """One model version's logged traffic in a window: its examples' features (Arrow batches, as TFDV reads data)
+    and the species predicted for each example (None where the response says none, e.g. Regress)."""
+    model: str
+    version: int
+    records: int = 0
+    first: Optional[float] = None  # seconds since the epoch of the oldest record
+    last: Optional[float] = None
+    batches: List["pa.RecordBatch"] = dataclasses.field(default_factory=list)
+    predicted: List[Optional[str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def examples(self) -> int:
+        return len(self.predicted)
+
+    def add(self, timestamp: float, batch: "pa.RecordBatch", predicted: List[Optional[str]]) -> None:
+        """One record's examples and predictions."""
+        self.records += 1
+        self.first = timestamp if self.first is None else min(self.first, timestamp)
+        self.last = timestamp if self.last is None else max(self.last, timestamp)
+        if batch.num_rows:
+            self.batches.append(batch)
+            self.predicted += (predicted + [None] * batch.num_rows)[:batch.num_rows]
+
+    def record_batch(self) -> "pa.RecordBatch":
+        """All examples as one batch: the inputs' features (a label sent in the request dropped) and `species`,
+        the PREDICTED species, so TFDV compares the predicted mix with the training label mix."""
+        import pyarrow as pa  # pylint: disable=g-import-not-at-top
+        table = pa.concat_tables([pa.Table.from_batches([b]) for b in self.batches], promote=True)
+        if constants.LABEL_KEY in table.column_names:
+            table = table.drop([constants.LABEL_KEY])
+        species = pa.array([None if s is None else [s.encode()] for s in self.predicted], pa.large_list(pa.large_binary()))
+        table = table.append_column(constants.LABEL_KEY, species).combine_chunks()
+        return table.to_batches()[0]
+
+
+def _examples_batch(serialized: List[bytes]) -> "pa.RecordBatch":
+    """Serialized tf.Examples as an Arrow batch, with tfx-bsl's decoder (the one TFX's components use)."""
+    from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
+    return example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(serialized)
+
+
+def _input_examples(model_input) -> List[bytes]:
+    """The serialized examples of a Classify/Regress/MultiInference `Input`; a context is merged into each example
+    as TF Serving does (the example's own features win)."""
+    kind = model_input.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in model_input.example_list.examples]
+    if kind == "example_list_with_context":
+        context = model_input.example_list_with_context.context
+        merged = []
+        for example in model_input.example_list_with_context.examples:
+            one = copy.deepcopy(context)
+            for name, feature in example.features.feature.items():
+                one.features.feature[name].CopyFrom(feature)
+            merged.append(one.SerializeToString())
+        return merged
+    return []
+
+
+def _classified(classifications) -> List[Optional[str]]:
+    """The most probable class of each Classification (TF Serving's Classify answer)."""
+    return [max(c.classes, key=lambda k: k.score).label if c.classes else None for c in classifications]
+
+
+def _predicted_by_predict(outputs) -> List[Optional[str]]:
+    """Predict's answer: the `species` output, else the class of highest probability, else nothing."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if constants.PREDICTED_OUTPUT in outputs:
+        return [s.decode() for s in outputs[constants.PREDICTED_OUTPUT].string_val]
+    if constants.PROBABILITIES_OUTPUT in outputs and constants.CLASSES_OUTPUT in outputs:
+        probabilities = tf.make_ndarray(outputs[constants.PROBABILITIES_OUTPUT])
+        classes = tf.make_ndarray(outputs[constants.CLASSES_OUTPUT])
+        best = np.argmax(probabilities, axis=-1)
+        return [classes[i][best[i]].decode() for i in range(len(best))]
+    return []
+
+
+def parse_log(log: "prediction_log_pb2.PredictionLog") -> Tuple["pa.RecordBatch", List[Optional[str]]]:
+    """One logged request/response: its examples' features (serialized tf.Examples and raw feature tensors alike)
+    and the species predicted for each."""
+    import pyarrow as pa  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+        inputs = log.predict_log.request.inputs
+        predicted = _predicted_by_predict(log.predict_log.response.outputs)
+        if constants.EXAMPLES_INPUT in inputs:
+            return _examples_batch(list(inputs[constants.EXAMPLES_INPUT].string_val)), predicted
+        arrays = {name: tf.make_ndarray(tensor) for name, tensor in inputs.items()}
+        rows = min((len(a) for a in arrays.values()), default=0)  # raw inputs: one row per example, [n] or [n, 1]
+        columns = {name: pa.array(a[:rows].reshape(rows, -1).astype("float32").tolist(),
+                                  pa.large_list(pa.float32()))
+                   for name, a in arrays.items() if a.dtype.kind in "fiu"}
+        return pa.RecordBatch.from_pydict(columns) if columns else pa.RecordBatch.from_pydict({}), predicted
+    if kind == "classify_log":
+        return (_examples_batch(_input_examples(log.classify_log.request.input)),
+                _classified(log.classify_log.response.result.classifications))
+    if kind == "regress_log":
+        return _examples_batch(_input_examples(log.regress_log.request.input)), []
+    if kind == "multi_inference_log":
+        results = [r.classification_result.classifications for r in log.multi_inference_log.response.results
+                   if r.HasField("classification_result")]
+        return (_examples_batch(_input_examples(log.multi_inference_log.request.input)),
+                _classified(results[0]) if results else [])
+    return pa.RecordBatch.from_pydict({}), []
+
+
+def _records(prefix: str, start: Optional[datetime.datetime]) -> Iterator[bytes]:
+    """The records of the files that can hold records from `start` on: a file is skipped when a later file of the
+    same writer (host and pid in its name) was opened before `start`, since that writer had finished it by then."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    files = request_logs.log_files(prefix)
+    writer = {path: _WRITER.search(os.path.basename(path)).group(1) for path in files}
+    for index, path in enumerate(files):
+        later = [p for p in files[index + 1:] if writer[p] == writer[path]]
+        if start is not None and later and request_logs.file_time(later[0]) < start:
+            continue
+        try:
+            yield from tf.data.TFRecordDataset(path).as_numpy_iterator()
+        except tf.errors.DataLossError:  # a torn tail (a server killed mid-write): the whole records before it count
+            continue
+
+
+def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[datetime.datetime] = None,
+                 ) -> Dict[Tuple[str, int], Traffic]:
+    """The logged traffic with start <= time < end (either open), by (model name, version that answered)."""
+    from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top,redefined-outer-name
+    low = start.timestamp() if start else float("-inf")
+    high = end.timestamp() if end else float("inf")
+    found: Dict[Tuple[str, int], Traffic] = {}
+    for data in _records(prefix, start):
+        log = prediction_log_pb2.PredictionLog.FromString(data)
+        timestamp = float(log.log_metadata.timestamp_secs)
+        if not low <= timestamp < high:
+            continue
+        spec = log.log_metadata.model_spec
+        key = (spec.name, spec.version.value)
+        traffic = found.setdefault(key, Traffic(model=key[0], version=key[1]))
+        batch, predicted = parse_log(log)
+        traffic.add(timestamp, batch, predicted)
+    return found
+
+
+def statistics_of(traffic: Traffic) -> "statistics_pb2.DatasetFeatureStatisticsList":
+    """TFDV's statistics of the traffic, in memory (Arrow's path, as StatisticsGen computes them per batch)."""
+    from tensorflow_data_validation.statistics import stats_impl  # pylint: disable=g-import-not-at-top
+    return stats_impl.generate_statistics_in_memory(traffic.record_batch())
+
+
+# --- the training data, through ML Metadata -----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainingRun:
+    """What a pushed version was trained from: the pipeline run, its train split's statistics and its schema."""
+    run_id: str
+    statistics_uri: str  # the train split's FeatureStats.pb
+    statistics: "statistics_pb2.DatasetFeatureStatisticsList"
+    schema: "schema_pb2.Schema"
+
+
+def metadata_config(workdir: str, metadata_grpc: Optional[str]):
+    """The ML Metadata connection: the gRPC metadata service at HOST:PORT, else the workdir's SQLite file (which
+    must exist: opening a missing one would create an empty store)."""
+    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+    from pipeline.config import PipelineConfig, sqlite_metadata  # pylint: disable=g-import-not-at-top
+    if metadata_grpc:
+        host, _, port = metadata_grpc.rpartition(":")
+        return metadata_store_pb2.MetadataStoreClientConfig(host=host, port=int(port))
+    path = PipelineConfig(workdir=workdir).metadata_path
+    if not os.path.isfile(path):
+        raise MonitorError(f"--workdir {workdir}: no ML Metadata there (no {os.path.basename(path)}): give the "
+                           "workdir of the pipeline runs that pushed the models, or --metadata_grpc HOST:PORT")
+    return sqlite_metadata(path)
+
+
+def _events(store, execution_ids: List[int], kinds) -> List[Any]:
+    return [e for e in store.get_events_by_execution_ids(execution_ids) if e.type in kinds]
+
+
+def _inputs(store, execution) -> Dict[str, List[Any]]:
+    """An execution's input artifacts (tfx Artifacts) by input key."""
+    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+    from tfx.types import artifact_utils  # pylint: disable=g-import-not-at-top
+    events = _events(store, [execution.id], (metadata_store_pb2.Event.INPUT,))
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    kinds = {t.id: t for t in store.get_artifact_types_by_id([a.type_id for a in artifacts.values()])}
+    found: Dict[str, List[Any]] = {}
+    for event in events:
+        artifact = artifacts[event.artifact_id]
+        key = event.path.steps[0].key if event.path.steps else kinds[artifact.type_id].name
+        found.setdefault(key, []).append(artifact_utils.deserialize_artifact(kinds[artifact.type_id], artifact))
+    return found
+
+
+def _executions_with(store, artifact_id: int, kind) -> List[Any]:
+    """The executions that have the artifact as input or output (`kind`), oldest first; complete ones before others
+    (a re-run with the same inputs records a CACHED execution with the same outputs)."""
+    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+    kinds = (kind,) if kind == metadata_store_pb2.Event.INPUT else (kind, metadata_store_pb2.Event.DECLARED_OUTPUT)
+    ids = sorted({e.execution_id for e in store.get_events_by_artifact_ids([artifact_id]) if e.type in kinds})
+    executions = store.get_executions_by_id(ids)
+    return sorted(executions, key=lambda e: (e.last_known_state != metadata_store_pb2.Execution.COMPLETE,
+                                             e.create_time_since_epoch))
+
+
+def _train_statistics(store, examples) -> Optional[Any]:
+    """The ExampleStatistics computed from `examples`, or from the examples they were made from (Transform's
+    output -> its input), so the model's training data is found however many steps lie between."""
+    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+    from pipeline.summary import outputs  # pylint: disable=g-import-not-at-top
+    for consumer in _executions_with(store, examples.id, metadata_store_pb2.Event.INPUT):
+        for artifact in outputs(store, consumer).values():
+            if artifact.type_name == "ExampleStatistics":
+                return artifact
+    for producer in _executions_with(store, examples.id, metadata_store_pb2.Event.OUTPUT)[:1]:
+        for upstream in _inputs(store, producer).get("examples", []):
+            found = _train_statistics(store, upstream)
+            if found is not None:
+                return found
+    return None
+
+
+def find_training(connection, where: str, model: str, version: int) -> TrainingRun:
+    """PushedModel (`pushed_version`) -> Pusher -> its Model -> Trainer -> its Examples -> their StatisticsGen
+    output (train split), and the Trainer's Schema; MonitorError saying what is missing and where it looked."""
+    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+    import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
+    from tfx.orchestration import metadata  # pylint: disable=g-import-not-at-top
+    from components.validation import load_statistics  # pylint: disable=g-import-not-at-top
+    output = metadata_store_pb2.Event.OUTPUT
+    with metadata.Metadata(connection) as m:
+        store = m.store
+        pushed = [a for a in store.get_artifacts_by_type("PushedModel")
+                  if a.custom_properties["pushed_version"].string_value == str(version)
+                  and a.custom_properties["pushed"].int_value == 1]
+        pushers = [e for a in pushed for e in _executions_with(store, a.id, output)]
+        if not pushers:
+            raise MonitorError(f"model {model} version {version} answered the logged requests, but {where} records "
+                               "no push of that version (is it the ML Metadata of the runs that pushed it?)")
+        run_ids = [c.name for c in store.get_contexts_by_execution(pushers[0].id)
+                   if store.get_context_types_by_id([c.type_id])[0].name == "pipeline_run"]
+        models = _inputs(store, pushers[0]).get("model", [])
+        trainers = [t for m_ in models for t in _executions_with(store, m_.id, output)]
+        if not trainers:
+            raise MonitorError(f"model {model} version {version}: {where} has no Trainer execution of its model")
+        trainer_inputs = _inputs(store, trainers[0])
+        statistics = next(filter(None, (_train_statistics(store, e) for e in trainer_inputs.get("examples", []))),
+                          None)
+        schemas = trainer_inputs.get("schema", [])
+        if statistics is None or not schemas:
+            raise MonitorError(f"model {model} version {version}: {where} has no "
+                               f"{'statistics of its training examples' if statistics is None else 'schema'} "
+                               f"(run {run_ids[0] if run_ids else '?'})")
+    by_split = load_statistics(statistics)
+    if TRAIN_SPLIT not in by_split:
+        raise MonitorError(f"model {model} version {version}: the statistics at {statistics.uri} have no "
+                           f"'{TRAIN_SPLIT}' split")
+    return TrainingRun(run_id=run_ids[0] if run_ids else "unknown-run",
+                       statistics_uri=os.path.join(statistics.uri, f"Split-{TRAIN_SPLIT}", "FeatureStats.pb"),
+                       statistics=by_split[TRAIN_SPLIT],
+                       schema=tfdv.load_schema_text(os.path.join(schemas[0].uri, SCHEMA_FILE)))
+
+
+# --- the comparison ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Comparison:
+    """One distance of a feature (skew or drift) against its schema threshold."""
+    distance: float
+    threshold: float
+    found: bool
+
+
+@dataclasses.dataclass
+class Result:
+    """One version's monitoring result: what result.json holds, plus the protos written beside it."""
+    data: Dict[str, Any]
+    serving: "statistics_pb2.DatasetFeatureStatisticsList"
+    previous: Optional["statistics_pb2.DatasetFeatureStatisticsList"]
+    anomalies: "anomalies_pb2.Anomalies"
+
+    @property
+    def found(self) -> bool:
+        return bool(self.data["found"])
+
+
+def _measurements(anomalies, field: str) -> Dict[str, Comparison]:
+    """The skew or drift measurements TFDV recorded (drift_skew_info), by feature name."""
+    found = {}
+    for info in anomalies.drift_skew_info:
+        for m in getattr(info, field):
+            found[".".join(info.path.step)] = Comparison(m.value, m.threshold, m.value > m.threshold)
+    return found
+
+
+def _out_of_domain(batch: "pa.RecordBatch", schema: "schema_pb2.Schema") -> Dict[str, int]:
+    """Values outside each float feature's schema bounds (or not finite): TFDV's anomalies say only that a bound
+    was broken, not how often, and the report and the CronJob's log show how much of the traffic it concerns."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
+    counts = {}
+    for feature in schema.feature:
+        if not feature.HasField("float_domain") or feature.name not in batch.schema.names:
+            continue
+        values = pc.list_flatten(batch.column(feature.name)).to_numpy(zero_copy_only=False).astype("float64")
+        domain = feature.float_domain
+        low = domain.min if domain.HasField("min") else -np.inf
+        high = domain.max if domain.HasField("max") else np.inf
+        counts[feature.name] = int(np.sum(~np.isfinite(values) | (values < low) | (values > high)))
+    return counts
+
+
+def _mix(counts: Dict[str, int]) -> Dict[str, float]:
+    total = sum(counts.values())
+    return {name: count / total for name, count in sorted(counts.items())} if total else {}
+
+
+def _iso(seconds: Optional[float]) -> Optional[str]:
+    return None if seconds is None else datetime.datetime.fromtimestamp(
+        seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic], logs: str,
+            since: Optional[datetime.datetime], now: datetime.datetime) -> Result:
+    """Skew (TFDV: the training statistics with the window as serving_statistics) and, given a previous window,
+    drift plus the schema's checks of the window itself (the window with the previous one as previous_statistics)."""
+    import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
+    from components.validation import class_counts  # pylint: disable=g-import-not-at-top
+    serving = statistics_of(traffic)
+    previous_stats = statistics_of(previous) if previous is not None and previous.examples else None
+    skew = tfdv.validate_statistics(training.statistics, training.schema, serving_statistics=serving)
+    # The window's own check: the label's "all three species in a split" is a training-split rule, not traffic's.
+    window_schema = copy.deepcopy(training.schema)
+    for feature in window_schema.feature:
+        if feature.name == constants.LABEL_KEY:
+            feature.ClearField("unique_constraints")
+    window = tfdv.validate_statistics(serving, window_schema, previous_statistics=previous_stats)
+    anomalies = copy.deepcopy(skew)
+    for name, info in window.anomaly_info.items():
+        if name in anomalies.anomaly_info:
+            anomalies.anomaly_info[name].reason.extend(info.reason)
+            anomalies.anomaly_info[name].description += " " + info.description
+        else:
+            anomalies.anomaly_info[name].CopyFrom(info)
+    anomalies.drift_skew_info.extend(i for i in window.drift_skew_info if i.drift_measurements)
+    skews, drifts = _measurements(anomalies, "skew_measurements"), _measurements(anomalies, "drift_measurements")
+    out_of_domain = _out_of_domain(traffic.record_batch(), training.schema)
+    features = []
+    for name in constants.FEATURE_KEYS:
+        s, d = skews.get(name), drifts.get(name)
+        verdict = ", ".join(kind for kind, c in (("skew", s), ("drift", d)) if c and c.found) or (
+            "ok" if s or d else "not checked")
+        features.append({"name": name, "skew": dataclasses.asdict(s) if s else None,
+                         "drift": dataclasses.asdict(d) if d else None,
+                         "out_of_domain": out_of_domain.get(name, 0), "verdict": verdict})
+    species = skews.get(constants.LABEL_KEY)
+    mix = {"serving": _mix(class_counts(serving)), "training": _mix(class_counts(training.statistics)),
+           "distance": species.distance if species else None, "threshold": species.threshold if species else None,
+           "found": bool(species and species.found)}
+    species_drift = drifts.get(constants.LABEL_KEY)
+    if species_drift:
+        mix["drift"] = dataclasses.asdict(species_drift)
+    found = mix["found"] or bool(species_drift and species_drift.found) or any(
+        f["verdict"] not in ("ok", "not checked") for f in features)
+    data = {"created": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "logs": logs,
+            "since": since.strftime("%Y-%m-%dT%H:%M:%SZ") if since else None,
+            "window": {"first": _iso(traffic.first), "last": _iso(traffic.last)},
+            "model": {"name": traffic.model, "version": traffic.version}, "run_id": training.run_id,
+            "records": traffic.records, "examples": traffic.examples,
+            "training_statistics": training.statistics_uri, "serving_statistics": "serving_statistics.pb",
+            "previous_statistics": "previous_statistics.pb" if previous_stats is not None else None,
+            "anomalies": "anomalies.pbtxt", "features": features, "species_mix": mix, "found": found}
+    return Result(data, serving, previous_stats, anomalies)
+
+
+def write_result(result: Result, workdir: str, now: datetime.datetime) -> str:
+    """<workdir>/monitoring/<run id>/<UTC stamp>/ with result.json (last: a reader that finds it finds the rest)."""
+    from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+    directory = os.path.join(workdir, constants.MONITORING_DIR, result.data["run_id"], now.strftime(STAMP_FORMAT))
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, result.data["serving_statistics"]), "wb") as f:
+        f.write(result.serving.SerializeToString())
+    if result.previous is not None:
+        with open(os.path.join(directory, result.data["previous_statistics"]), "wb") as f:
+            f.write(result.previous.SerializeToString())
+    with open(os.path.join(directory, result.data["anomalies"]), "w", encoding="utf-8") as f:
+        f.write(text_format.MessageToString(result.anomalies))
+    temporary = os.path.join(directory, ".result.json")
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(result.data, f, indent=1)
+    os.replace(temporary, os.path.join(directory, "result.json"))
+    return directory
+
+
+def _comparison_text(kind: str, comparison: Optional[Dict[str, Any]], measure: str) -> str:
+    if comparison is None:
+        return f"{kind} not checked"
+    sign = ">" if comparison["found"] else "<="
+    return f"{kind} {measure} {comparison['distance']:.3f} {sign} {comparison['threshold']:g}"
+
+
+def verdict_lines(result: Result) -> List[str]:
+    """One line per feature and one for the species mix, as the command prints them."""
+    data = result.data
+    lines = [f"Model {data['model']['name']} version {data['model']['version']} (run {data['run_id']}): "
+             f"{data['examples']} examples in {data['records']} logged requests, "
+             f"{data['window']['first']} to {data['window']['last']}"]
+    for f in data["features"]:
+        lines.append(f"  {f['name']:<13} {f['verdict'].upper() if f['verdict'] not in ('ok', 'not checked') else f['verdict']:<12} "
+                     f"{_comparison_text('skew', f['skew'], 'JSD')}; {_comparison_text('drift', f['drift'], 'JSD')}"
+                     + (f"; {f['out_of_domain']} values outside the schema's bounds" if f["out_of_domain"] else ""))
+    mix = data["species_mix"]
+    shares = ", ".join(f"{name} {mix['serving'].get(name, 0):.2f} ({mix['training'].get(name, 0):.2f})"
+                       for name in constants.CLASS_NAMES)
+    skew = None if mix["distance"] is None else {k: mix[k] for k in ("distance", "threshold", "found")}
+    lines.append(f"  {'species mix':<13} {'SKEW' if mix['found'] else 'ok' if skew else 'not checked':<12} "
+                 f"{_comparison_text('skew', skew, 'L-inf')}; {_comparison_text('drift', mix.get('drift'), 'L-inf')}"
+                 f" -- predicted (training): {shares}")
+    if all(f["verdict"] == "not checked" for f in data["features"]) and skew is None:
+        lines.append("  (nothing compared: the run's schema declares no skew_comparator or drift_comparator)")
+    return lines
+
+
+def monitor(logs: str, workdir: str, metadata_grpc: Optional[str] = None, since: Optional[str] = None,
+            now: Optional[datetime.datetime] = None) -> List[Tuple[Result, str]]:
+    """Reads the window's traffic, finds each answering version's training data, compares and writes the results;
+    (result, its directory) per version. MonitorError for bad input."""
+    now = now or utc_now()
+    start = parse_since(since, now) if since else None
+    if not request_logs.log_files(logs):
+        raise MonitorError(f"--logs {logs}: no request log files ({logs}-*{request_logs.SUFFIX}); the server writes "
+                           "them when its model config has a logging_config with this filename_prefix")
+    previous_start = start - (now - start) if start else None
+    current = {key: t for key, t in read_traffic(logs, start).items() if t.examples}
+    if not current:
+        window = f"since {start:%Y-%m-%dT%H:%M:%SZ}" if start else "at all"
+        raise MonitorError(f"--logs {logs}: no logged examples {window} (files: {len(request_logs.log_files(logs))})")
+    previous = read_traffic(logs, previous_start, start) if start else {}
+    connection = metadata_config(workdir, metadata_grpc)
+    where = f"the metadata service {metadata_grpc}" if metadata_grpc else f"--workdir {workdir}'s ML Metadata"
+    results = []
+    for key, traffic in sorted(current.items()):
+        training = find_training(connection, where, traffic.model, traffic.version)
+        result = compare(traffic, training, previous.get(key), logs, start, now)
+        results.append((result, write_result(result, workdir, now)))
+    return results

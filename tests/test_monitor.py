@@ -1,0 +1,262 @@
+"""iris-tfx monitor (issue 13): reading logged requests (raw feature tensors and tf.Examples alike) without a server;
+then a real server logging real traffic over the session run's pushed model, and the real command judging it
+against that run's training statistics found through ML Metadata: Fisher's rows pass, each shift is flagged on
+exactly the features that moved, an empty window is refused, and drift is found between two windows."""
+import csv
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import time
+import urllib.request
+from typing import Dict, List
+
+import grpc
+import pytest
+import tensorflow as tf
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import (classification_pb2, inference_pb2, predict_pb2, prediction_log_pb2,
+                                     prediction_service_pb2_grpc)
+from tensorflow_serving.config import model_server_config_pb2
+
+from components import constants as c
+from components import request_logs
+from pipeline import monitor
+from serving import harness as h
+from serving.client import IrisClient
+from tests.conftest import IRIS_CSV, iris_tfx
+
+ROWS: List[Dict[str, float]] = [{k: float(row[k]) for k in c.FEATURE_KEYS}
+                                for row in csv.DictReader(open(IRIS_CSV, encoding="utf-8"))]
+SPECIES: List[str] = [row[c.LABEL_KEY] for row in csv.DictReader(open(IRIS_CSV, encoding="utf-8"))]
+SHIFTS = {  # traffic name -> (rows, the measurements that moved)
+    "x10": ([{k: v * 10 for k, v in r.items()} for r in ROWS], set(c.FEATURE_KEYS)),
+    "setosa": ([r for r, s in zip(ROWS, SPECIES) if s == "setosa"], set(c.FEATURE_KEYS)),
+    "widths": ([{k: v * 1.5 if k.endswith("width") else v for k, v in r.items()} for r in ROWS],
+               {"sepal_width", "petal_width"}),
+}
+
+
+def example(row: Dict[str, float]) -> example_pb2.Example:
+    ex = example_pb2.Example()
+    for k, v in row.items():
+        ex.features.feature[k].float_list.value.append(v)
+    return ex
+
+
+def column(batch, name: str) -> list:
+    return [None if v is None else v[0] for v in batch.column(name).to_pylist()]
+
+
+# --- reading logs, no server ---------------------------------------------------------------------------------------
+def test_predict_logs_with_raw_features_or_examples_read_alike():
+    raw = prediction_log_pb2.PredictionLog()
+    for k in c.FEATURE_KEYS:
+        raw.predict_log.request.inputs[k].CopyFrom(tf.make_tensor_proto([r[k] for r in ROWS[:2]], tf.float32))
+    raw.predict_log.response.outputs[c.PREDICTED_OUTPUT].CopyFrom(tf.make_tensor_proto([b"setosa", b"virginica"]))
+    batch, predicted = monitor.parse_log(raw)
+    assert column(batch, "sepal_length") == pytest.approx([5.1, 4.9]) and predicted == ["setosa", "virginica"]
+
+    examples = prediction_log_pb2.PredictionLog()
+    examples.predict_log.request.inputs[c.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto(
+        [example(r).SerializeToString() for r in ROWS[:2]] + [example({"sepal_width": 3.0}).SerializeToString()]))
+    outputs = examples.predict_log.response.outputs  # no `species` output: the class of highest probability
+    outputs[c.PROBABILITIES_OUTPUT].CopyFrom(tf.make_tensor_proto([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0, 0, 1.0]]))
+    outputs[c.CLASSES_OUTPUT].CopyFrom(tf.make_tensor_proto([[s.encode() for s in c.CLASS_NAMES]] * 3))
+    batch, predicted = monitor.parse_log(examples)
+    assert column(batch, "sepal_length") == pytest.approx([5.1, 4.9, None], nan_ok=True)
+    assert column(batch, "sepal_width") == pytest.approx([3.5, 3.0, 3.0])
+    assert predicted == ["versicolor", "setosa", "virginica"]
+
+
+def test_classify_and_multi_inference_logs_merge_the_context_and_take_the_best_class():
+    log = prediction_log_pb2.PredictionLog()
+    request = log.classify_log.request
+    request.input.example_list_with_context.context.CopyFrom(example({"sepal_length": 6.0, "petal_length": 4.0}))
+    request.input.example_list_with_context.examples.add().CopyFrom(example({"sepal_length": 5.0}))
+    request.input.example_list_with_context.examples.add().CopyFrom(example({"sepal_width": 2.0}))
+    for scores in ((0.2, 0.5, 0.3), (0.9, 0.05, 0.05)):
+        classification = log.classify_log.response.result.classifications.add()
+        for name, score in zip(c.CLASS_NAMES, scores):
+            classification.classes.add(label=name, score=score)
+    batch, predicted = monitor.parse_log(log)
+    assert column(batch, "sepal_length") == pytest.approx([5.0, 6.0])  # the example's own value wins
+    assert column(batch, "petal_length") == pytest.approx([4.0, 4.0]) and predicted == ["versicolor", "setosa"]
+
+    multi = prediction_log_pb2.PredictionLog()
+    multi.multi_inference_log.request.input.example_list.examples.add().CopyFrom(example(ROWS[0]))
+    result = multi.multi_inference_log.response.results.add()
+    result.classification_result.CopyFrom(log.classify_log.response.result)
+    batch, predicted = monitor.parse_log(multi)
+    assert column(batch, "petal_width") == pytest.approx([0.2]) and predicted[0] == "versicolor"
+
+
+def write_logs(prefix: pathlib.Path, host: str, opened: datetime.datetime, logs) -> None:
+    """A log file as the server names and writes it."""
+    path = request_logs.file_name(str(prefix), opened, 1, host=host, pid=1)
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+
+
+def logged(version: int, when: float, row: Dict[str, float]) -> prediction_log_pb2.PredictionLog:
+    log = prediction_log_pb2.PredictionLog()
+    log.log_metadata.model_spec.name, log.log_metadata.model_spec.version.value = "iris", version
+    log.log_metadata.timestamp_secs = int(when)
+    log.classify_log.request.input.example_list.examples.add().CopyFrom(example(row))
+    return log
+
+
+def test_traffic_is_grouped_by_version_and_window_and_times_parse(tmp_path):
+    now = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)
+    t = now.timestamp()
+    write_logs(tmp_path / "iris", "a", now - datetime.timedelta(hours=3),
+               [logged(1, t - 3 * 3600 + i, ROWS[i]) for i in range(3)])
+    write_logs(tmp_path / "iris", "a", now - datetime.timedelta(minutes=50),
+               [logged(1, t - 3000, ROWS[3]), logged(2, t - 60, ROWS[4]), logged(2, t - 30, ROWS[5])])
+    start = monitor.parse_since("1h", now)
+    assert start == now - datetime.timedelta(hours=1)
+    traffic = monitor.read_traffic(str(tmp_path / "iris"), start)
+    assert sorted(traffic) == [("iris", 1), ("iris", 2)]
+    assert traffic[("iris", 1)].examples == 1 and traffic[("iris", 2)].records == 2
+    assert column(traffic[("iris", 2)].record_batch(), "sepal_length") == pytest.approx([5.0, 5.4])
+    assert monitor.read_traffic(str(tmp_path / "iris"), None, start)[("iris", 1)].examples == 3
+    assert monitor.parse_since("2026-11-30T11:30:00", now) == now - datetime.timedelta(minutes=30)
+    assert monitor.parse_since("2026-11-30T12:30:00+01:00", now) == now - datetime.timedelta(minutes=30)
+    for bad, words in (("yesterday", "neither an ISO 8601 time"), ("2027-01-01", "in the future")):
+        with pytest.raises(monitor.MonitorError, match=f"--since '?{bad}'? .*{words}"):
+            monitor.parse_since(bad, now)
+
+
+def test_no_log_files_is_one_line_and_exit_2(tmp_path, capsys):
+    from iris_tfx import main  # pylint: disable=import-outside-toplevel
+    assert main.main(["monitor", "--logs", str(tmp_path / "none"), "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"iris-tfx: error: --logs {tmp_path / 'none'}: no request log files") and \
+        len(err.strip().splitlines()) == 1
+    assert main.main(["monitor", "--logs", "x", "--since", "soon"]) == 2
+    assert "--since 'soon' is neither" in capsys.readouterr().err
+
+
+# --- a real server, real logs, the real command ---------------------------------------------------------------------
+def rest_predict(server: h.ServerProcess, model: str, rows: List[Dict[str, float]]) -> None:
+    body = json.dumps({"signature_name": c.RAW_SIGNATURE, "instances": rows}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"{server.rest_url}/v1/models/{model}:predict", data=body),
+                                timeout=60) as response:
+        assert response.status == 200
+
+
+def classify(server: h.ServerProcess, model: str, rows: List[Dict[str, float]]) -> None:
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name, request.model_spec.signature_name = model, c.CLASSIFY_SIGNATURE
+    for row in rows:
+        request.input.example_list.examples.add().CopyFrom(example(row))
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=60)
+
+
+def grpc_predict(server: h.ServerProcess, model: str, rows: List[Dict[str, float]]) -> None:
+    with IrisClient(server.grpc_target, model_name=model, timeout=60) as client:
+        assert len(client.predict(rows)) == len(rows)
+
+
+@pytest.fixture(scope="module")
+def traffic(pipeline_run, pushed_model, tmp_path_factory):
+    """A server over the session run's pushed version (its own version number, so ML Metadata knows it) logging
+    each model name to its own prefix; Fisher's rows and each shift sent through different APIs; a workdir with a
+    copy of the run's ML Metadata and report (the statistics it names stay where the run wrote them)."""
+    root = tmp_path_factory.mktemp("monitor")
+    h.copy_version(pushed_model, root / "models", int(pushed_model.name))
+    config = model_server_config_pb2.ModelServerConfig()
+    names = ["fisher", "drift", *SHIFTS]
+    for name in names:
+        m = config.model_config_list.config.add(name=name, base_path=str(root / "models"), model_platform="tensorflow")
+        m.logging_config.log_collector_config.filename_prefix = str(root / "logs" / name)
+        m.logging_config.sampling_config.sampling_rate = 1.0
+    (root / "models.config").write_text(str(config))
+    workdir = root / "work"
+    (workdir / "reports").mkdir(parents=True)
+    shutil.copy(pipeline_run.workdir / "metadata.sqlite", workdir)
+    for report in (pipeline_run.workdir / "reports").glob("*.html"):
+        shutil.copy(report, workdir / "reports")
+    server = h.ServerProcess([f"--model_config_file={root / 'models.config'}"], root / "server.log").wait_ready()
+    try:
+        grpc_predict(server, "fisher", ROWS[:75])  # serialized tf.Examples
+        rest_predict(server, "fisher", ROWS[75:])  # raw features
+        rest_predict(server, "x10", SHIFTS["x10"][0])
+        classify(server, "setosa", SHIFTS["setosa"][0])
+        grpc_predict(server, "widths", SHIFTS["widths"][0])
+        grpc_predict(server, "drift", ROWS)  # the earlier window: Fisher's rows ...
+        time.sleep(2)
+        since = datetime.datetime.now(datetime.timezone.utc)
+        time.sleep(1.1)
+        grpc_predict(server, "drift", SHIFTS["widths"][0])  # ... then the widths +50%
+    finally:
+        assert server.stop() == 0, server.log()
+    return {"root": root, "workdir": workdir, "since": since, "version": int(pushed_model.name)}
+
+
+def run_monitor(traffic, name: str, *flags: str):
+    """The installed command on one model's logs; its exit code, output and the result.json it wrote."""
+    result = iris_tfx("monitor", "--logs", str(traffic["root"] / "logs" / name), "--workdir",
+                      str(traffic["workdir"]), *flags)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("Result: ")]
+    data = json.loads((pathlib.Path(lines[-1].split(" ", 1)[1]) / "result.json").read_text()) if lines else None
+    return result, data
+
+
+def flagged(data, kind: str = "skew") -> set:
+    return {f["name"] for f in data["features"] if f[kind] and f[kind]["found"]}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_fishers_rows_as_traffic_show_no_skew(traffic):
+    result, data = run_monitor(traffic, "fisher")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert data["model"] == {"name": "fisher", "version": traffic["version"]}
+    assert (data["records"], data["examples"]) == (2, 150) and data["found"] is False
+    assert [f["verdict"] for f in data["features"]] == ["ok"] * 4 and flagged(data) == set()
+    assert all(f["drift"] is None and f["out_of_domain"] == 0 for f in data["features"])
+    assert not data["species_mix"]["found"] and data["species_mix"]["distance"] < 0.1
+    directory = pathlib.Path(result.stdout.split("Result: ")[1].split()[0])
+    assert directory.parent.name == data["run_id"] and directory.parent.parent == traffic["workdir"] / "monitoring"
+    assert os.path.isfile(data["training_statistics"]) and "Split-train" in data["training_statistics"]
+    assert (directory / "serving_statistics.pb").is_file() and (directory / "anomalies.pbtxt").is_file()
+    for name in c.FEATURE_KEYS:
+        assert any(line.split()[:2] == [name, "ok"] for line in result.stdout.splitlines()), result.stdout
+    assert f"Report: {traffic['workdir'] / 'reports' / data['run_id']}.html" in result.stdout
+    assert "No skew or drift found." in result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("shift", sorted(SHIFTS))
+def test_each_shift_is_skew_on_exactly_the_features_that_moved(traffic, shift):
+    result, data = run_monitor(traffic, shift)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert flagged(data) == SHIFTS[shift][1], result.stdout
+    assert data["examples"] == len(SHIFTS[shift][0]) and data["found"] is True
+    for f in data["features"]:
+        assert f["verdict"] == ("skew" if f["name"] in SHIFTS[shift][1] else "ok")
+    if shift == "x10":  # 10x sepal lengths break the schema's bound (20 cm): counted, and in TFDV's anomalies
+        assert data["features"][0]["out_of_domain"] == 150
+    if shift == "setosa":
+        assert data["species_mix"]["found"] and data["species_mix"]["serving"] == {"setosa": 1.0}
+    assert "Skew or drift found (exit 1)." in result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_a_window_with_no_traffic_is_exit_2_and_drift_needs_two_windows(traffic):
+    result, _ = run_monitor(traffic, "fisher", "--since", traffic["since"].isoformat())
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"no logged examples since {traffic['since']:%Y-%m-%dT%H:%M:%SZ}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+    result, data = run_monitor(traffic, "drift", "--since", traffic["since"].isoformat())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert data["examples"] == 150 and data["previous_statistics"] == "previous_statistics.pb"
+    assert flagged(data, "drift") == {"sepal_width", "petal_width"} == flagged(data, "skew"), result.stdout
+    assert data["since"] == traffic["since"].strftime("%Y-%m-%dT%H:%M:%SZ")
