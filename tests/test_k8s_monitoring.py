@@ -94,7 +94,7 @@ def test_monitor_reads_the_pipeline_data_and_writes_only_its_results(objects):
     args = flags(container)
     # --workdir (where monitoring/<run id>/<time>/ go) is the one read-write claim.
     volume, mount = volume_mounted_at(pod, container, args["workdir"])
-    assert volume["persistentVolumeClaim"] == {"claimName": MONITORING_PVC} and not mount.get("readOnly")
+    assert volume.get("persistentVolumeClaim") == {"claimName": MONITORING_PVC} and not mount.get("readOnly")
     writable = {m["name"] for m in container["volumeMounts"] if not m.get("readOnly")}
     assert writable == {mount["name"], "tmp"}
     assert {"name": "HOME", "value": "/tmp"} in container["env"]

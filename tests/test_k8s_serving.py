@@ -4,6 +4,7 @@ serving NetworkPolicy; the image and the prod lockdown, and the prod model serve
 import copy
 import importlib.metadata
 import json
+import os
 import pathlib
 from typing import Dict, List, Set, Tuple
 
@@ -311,21 +312,30 @@ def test_prod_locks_down_model_management_and_model_paths():
 
 # --- the prod overlay's model server, run for real ------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def model(request) -> pathlib.Path:
+    """The pipeline's pushed model; IRIS_TFX_TEST_MODEL_DIR=<base>/<version> reuses one an earlier run pushed."""
+    path = os.environ.get("IRIS_TFX_TEST_MODEL_DIR")
+    return pathlib.Path(path) if path else request.getfixturevalue("pushed_model")
+
+
 @pytest.mark.e2e
-def test_prod_model_server_serves_its_configmap_and_refuses_model_management(pushed_model, tmp_path):
+def test_prod_model_server_serves_its_configmap_and_refuses_model_management(model, tmp_path):
     """`iris-tfx serve` with the rendered prod container's flags and ConfigMap files (the mounts moved under
-    tmp_path; ports chosen by the helper): it serves models.config's model and answers UNIMPLEMENTED to
-    HandleReloadConfigRequest, even for the very config it serves."""
+    tmp_path; ports chosen by the helper): it accepts models.config's logging_config, serves its model, logs sampled
+    requests under the moved logs volume, and answers UNIMPLEMENTED to HandleReloadConfigRequest, even for the very
+    config it serves."""
     import grpc
-    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
-    from components import constants
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, prediction_log_pb2
+    from components import constants, request_logs
     from serving import harness as h
     from serving.client import IrisClient
 
     objects = render_overlay("prod")
     container = serving_container(objects)
     mounts = {mount_of_volume(container, "config")["mountPath"]: tmp_path / "etc",
-              mount_of_volume(container, "models")["mountPath"]: tmp_path / "models"}
+              mount_of_volume(container, "models")["mountPath"]: tmp_path / "models",
+              mount_of_volume(container, "request-logs")["mountPath"]: tmp_path / "logs"}
 
     def moved(path: str) -> str:
         for mount, local in mounts.items():
@@ -334,14 +344,19 @@ def test_prod_model_server_serves_its_configmap_and_refuses_model_management(pus
         return path
 
     config = parse_models_config(one(objects, "ConfigMap", CONFIGMAP)["data"]["models.config"])
-    for model in config.model_config_list.config:
-        model.base_path = moved(model.base_path)
+    for served in config.model_config_list.config:
+        served.base_path = moved(served.base_path)
+        prefix = served.logging_config.log_collector_config.filename_prefix
+        served.logging_config.log_collector_config.filename_prefix = moved(prefix)
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "models.config").write_text(text_format.MessageToString(config))
     (tmp_path / "etc" / "batching_parameters.txt").write_text(
         one(objects, "ConfigMap", CONFIGMAP)["data"]["batching_parameters.txt"])
     (served,) = config.model_config_list.config
-    h.copy_version(pushed_model, pathlib.Path(served.base_path), 1)
+    h.copy_version(model, pathlib.Path(served.base_path), 1)
+    logged = served.logging_config
+    assert logged.sampling_config.sampling_rate > 0, "prod's models.config logs no requests"
+    assert logged.log_collector_config.filename_prefix.startswith(str(tmp_path / "logs") + "/")
     args = [f"--{name}={moved(value)}" for name, value in flags(container).items()
             if name not in ("port", "rest_api_port")]
     assert f"--model_base_path_roots={tmp_path / 'models'}" in args and "--enable_model_management=false" in args
@@ -350,11 +365,24 @@ def test_prod_model_server_serves_its_configmap_and_refuses_model_management(pus
     try:
         with IrisClient(server.grpc_target, model_name=served.name) as client:
             (row,) = client.predict([[5.1, 3.5, 1.4, 0.2]])  # Fisher's first sample, in FEATURE_KEYS order
-        assert row.species == constants.CLASS_NAMES[0], row
+            assert row.species == constants.CLASS_NAMES[0], row
+            # Enough requests that at the configured sampling rate some are logged (none: p < 1e-8).
+            sent = int(20 / logged.sampling_config.sampling_rate)
+            for _ in range(sent):
+                client.predict([[5.1, 3.5, 1.4, 0.2]])
         request = model_management_pb2.ReloadConfigRequest(config=config)
         with grpc.insecure_channel(server.grpc_target) as channel:
             with pytest.raises(grpc.RpcError) as refused:
                 model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=30)
         assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, refused.value
     finally:
-        assert server.stop() == 0, server.log()
+        assert server.stop() == 0, server.log()  # SIGTERM writes what is still queued
+    records = list(request_logs.read_records(logged.log_collector_config.filename_prefix))
+    assert 1 <= len(records) < sent, (len(records), sent)
+    print(f"{len(records)} of {sent + 1} requests logged at sampling rate {logged.sampling_config.sampling_rate:g}; "
+          f"{sum(map(len, records)) / len(records):.0f} bytes a record (+16 framing)")
+    for record in records:
+        entry = prediction_log_pb2.PredictionLog.FromString(record)
+        assert (entry.log_metadata.model_spec.name, entry.log_metadata.model_spec.version.value) == (served.name, 1)
+        assert entry.log_metadata.sampling_config == logged.sampling_config
+        assert entry.predict_log.response.outputs[constants.PREDICTED_OUTPUT].string_val == [b"setosa"]
