@@ -2,7 +2,9 @@
 write, on the same volume read-only, its window (--since) equal to its schedule's period, the pipeline data and
 ML Metadata where the statistics are found, a Job that fails (the alert) on a verdict without retrying it, and a
 NetworkPolicy that admits nothing and lets it reach only the cluster DNS and ML Metadata."""
+import argparse
 import copy
+import datetime
 import json
 import re
 from typing import Dict, List, Set, Tuple
@@ -14,10 +16,13 @@ from k8s_helpers import (CONFIGMAP, DNS_NAMESPACE, DNS_PODS, MLMD_NAMESPACE, MLM
                          PROJECT_IMAGE, REQUEST_LOGS_PVC, TFJOB, flags, kustomization, monitor_container, monitor_pod,
                          one, parse_models_config, render_overlay, serving_container, volume_mounted_at)
 
-# The exit codes of `iris-tfx monitor` (design: 0 nothing found, 1 skew or drift, 2 bad input) that are verdicts.
-VERDICT_EXIT_CODES = {1, 2}
-_DURATION = re.compile(r"^(\d+)([mhd])$")
-_UNITS = {"m": 60, "h": 3600, "d": 86400}
+from iris_tfx import monitor as monitor_command
+from pipeline.monitor import parse_since
+
+# The exit codes of `iris-tfx monitor` that are verdicts, in the order of the Job's FailJob rules (the Job's failure
+# message names the rule's index): skew or drift found, bad input (no logged requests in the window, an unknown
+# version).
+VERDICT_EXIT_CODES = (monitor_command.EXIT_FOUND, monitor_command.EXIT_USAGE)
 
 
 @pytest.fixture(scope="module", params=sorted(MONITORED_OVERLAYS))
@@ -26,11 +31,20 @@ def objects(request) -> List[dict]:
     return render_overlay(request.param)
 
 
-def duration_seconds(text: str) -> int:
-    """A relative --since (`30m`, `1h`, `7d`) in seconds."""
-    match = _DURATION.match(text)
-    assert match, f"--since {text!r} is not a relative duration like 1h"
-    return int(match.group(1)) * _UNITS[match.group(2)]
+def duration_seconds(since: str) -> int:
+    """How far back `iris-tfx monitor --since` reaches, in seconds, as the monitor reads it; an absolute time (which a
+    CronJob would repeat every run) fails."""
+    now = datetime.datetime(2026, 11, 30, 12, tzinfo=datetime.timezone.utc)
+    assert re.fullmatch(r"\d+[smhd]", since), f"--since {since}: a CronJob needs a span back from now, like 1h"
+    return int((now - parse_since(since, now)).total_seconds())
+
+
+def monitor_args(objects: List[dict]) -> argparse.Namespace:
+    """The monitor container's command line as `iris-tfx` parses it (its own parser: unknown flags fail)."""
+    from iris_tfx.main import parser
+    container = monitor_container(objects)
+    assert container["command"] == MONITOR_COMMAND
+    return parser().parse_args(container["command"][1:] + container["args"])
 
 
 def schedule_period_seconds(schedule: str) -> int:
@@ -66,11 +80,23 @@ def test_schedule_periods_are_read_right():
             schedule_period_seconds(irregular)
 
 
+def test_cronjob_command_line_is_the_monitor_commands(objects):
+    args = monitor_args(objects)
+    assert (args.command, args.handler.__module__) == ("monitor", monitor_command.__name__)
+    # Every flag is given as --name=value, once, and means what the command reads.
+    given = flags(monitor_container(objects))
+    assert {name: getattr(args, name) for name in given} == given
+    assert given.keys() == {"logs", "since", "metadata_grpc", "workdir"}
+    misspelt = copy.deepcopy(objects)
+    monitor_container(misspelt)["args"].append("--metadata_grpc_port=8080")
+    with pytest.raises(SystemExit):  # the parser refuses what the command does not know
+        monitor_args(misspelt)
+
+
 def test_monitor_runs_on_the_log_prefix_the_servers_write(objects):
     container = monitor_container(objects)
     pod = monitor_pod(objects)
     args = flags(container)
-    assert container["command"] == MONITOR_COMMAND
     # The project image of the overlay, the one whose `iris-tfx serve` writes the logs.
     (image,) = [i for i in kustomization(OVERLAYS_DIR / "prod")["images"] if i["name"] == PROJECT_IMAGE]
     assert container["image"] == serving_container(objects)["image"] == f"{image['newName']}:{image['newTag']}"
@@ -140,13 +166,16 @@ def test_a_verdict_fails_the_job_at_once_and_a_crash_is_retried(objects):
     job = one(objects, "CronJob", MONITOR)["spec"]["jobTemplate"]["spec"]
     # podFailurePolicy needs restartPolicy Never; a restarted container would rerun the same verdict.
     assert monitor_pod(objects)["restartPolicy"] == "Never"
-    assert retried_exit_codes(job, VERDICT_EXIT_CODES) == set()
+    assert retried_exit_codes(job, set(VERDICT_EXIT_CODES)) == set()
     assert retried_exit_codes(job, {137, 139, 3}) == {137, 139, 3} and job["backoffLimit"] >= 1
+    # One rule per verdict, so the Job's failure message ("... matching FailJob rule at index N") tells which.
+    fail_rules = [r["onExitCodes"] for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert [(r["operator"], r["values"]) for r in fail_rules] == [("In", [code]) for code in VERDICT_EXIT_CODES]
     ignored = [r for r in job["podFailurePolicy"]["rules"] if r["action"] == "Ignore"]
     assert [c["type"] for r in ignored for c in r["onPodConditions"]] == ["DisruptionTarget"]
     broken = copy.deepcopy(job)
-    broken["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] = [2]
-    assert retried_exit_codes(broken, VERDICT_EXIT_CODES) == {1}
+    broken["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] = [3]
+    assert retried_exit_codes(broken, set(VERDICT_EXIT_CODES)) == {VERDICT_EXIT_CODES[0]}
 
 
 def monitor_policy_problems(policy: dict, mlmd_port: int) -> List[str]:
