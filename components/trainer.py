@@ -32,7 +32,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train_and_export(strategy, dataset_fn, num_examples, tf_transform_output, hparams,
                      fn_args.serving_model_dir, fn_args.model_run_dir,
                      early_stopping_data(fn_args.data_accessor, fn_args.eval_files, tf_transform_output, hparams,
-                                         budget.global_batch))
+                                         budget.global_batch), schema_path=fn_args.schema_path)
 
 
 def count_examples(file_patterns: List[str], limit: Optional[int] = None) -> int:
@@ -127,9 +127,10 @@ def train_and_export(strategy: tf.distribute.Strategy,
                      dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], num_examples: int,
                      tf_transform_output: tft.TFTransformOutput, hparams: Hyperparameters,
                      serving_model_dir: str, log_dir: str,
-                     eval_data: Optional[Tuple[tf.data.Dataset, int]] = None) -> bool:
-    """Trains, then exports the serving model and the TrainingRecord (in log_dir); under multi-worker only the
-    chief's copies are kept. Returns whether this task wrote serving_model_dir (False on non-chief workers)."""
+                     eval_data: Optional[Tuple[tf.data.Dataset, int]] = None, schema_path: Optional[str] = None) -> bool:
+    """Trains, then exports the serving model (with the schema at schema_path, if given) and the TrainingRecord (in
+    log_dir); under multi-worker only the chief's copies are kept. Returns whether this task wrote serving_model_dir
+    (False on non-chief workers)."""
     chief = is_chief(strategy)
     scratch = None if chief else tempfile.mkdtemp(prefix="iris-worker-")  # others write only to join collectives
     try:
@@ -137,7 +138,7 @@ def train_and_export(strategy: tf.distribute.Strategy,
                             tf_transform_output.vocabulary_size_by_name(constants.LABEL_VOCABULARY), hparams,
                             log_dir if chief else os.path.join(scratch, "logs"), eval_data)
         export_serving_model(model, tf_transform_output,
-                             serving_model_dir if chief else os.path.join(scratch, "model"))
+                             serving_model_dir if chief else os.path.join(scratch, "model"), schema_path)
         record.write(log_dir if chief else os.path.join(scratch, "logs"))
     finally:
         if scratch:
@@ -193,8 +194,9 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def export_serving_model(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
-                         export_dir: str) -> None:
-    """Saves the model with its serving signatures: raw features in, class probabilities and names out."""
+                         export_dir: str, schema_path: Optional[str] = None) -> None:
+    """Saves the model with its serving signatures: raw features in, class probabilities and names out; with
+    schema_path, the schema goes along in assets.extra/ (the server checks requests against its bounds)."""
     model.tft_layer = tf_transform_output.transform_features_layer()
     class_names = tf.constant(tf_transform_output.vocabulary_by_name(constants.LABEL_VOCABULARY))
     raw_spec = tf_transform_output.raw_feature_spec()
@@ -236,6 +238,10 @@ def export_serving_model(model: tf.keras.Model, tf_transform_output: tft.TFTrans
         constants.TRANSFORM_SIGNATURE: transform_features.get_concrete_function(),
     })
     _set_method_name(export_dir, constants.CLASSIFY_SIGNATURE, tf.saved_model.CLASSIFY_METHOD_NAME)
+    if schema_path:
+        extra = os.path.join(export_dir, constants.ASSETS_EXTRA)
+        tf.io.gfile.makedirs(extra)
+        tf.io.gfile.copy(schema_path, os.path.join(extra, constants.SCHEMA_ASSET), overwrite=True)
 
 
 def _set_method_name(export_dir: str, signature: str, method_name: str) -> None:

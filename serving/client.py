@@ -23,9 +23,11 @@ from google.protobuf.message import Message
 
 from components import constants as c
 from serving import defaults
+from serving.input_validation import Bounds, Violation
 
 Row = Union[Mapping[str, float], Sequence[float]]
 CHUNK_ROWS = 1000  # rows per Predict request when a CSV file has many
+REPO_SCHEMA = pathlib.Path(__file__).resolve().parents[1] / c.DEFAULT_SCHEMA  # --schema's default, run elsewhere
 # The generated modules holding TF Serving's services (and, through their imports, every message they use).
 SERVICE_MODULES = ("tensorflow_serving.apis.prediction_service_pb2", "tensorflow_serving.apis.model_service_pb2",
                    "tensorflow.core.example.example_pb2")
@@ -247,6 +249,14 @@ class IrisClient:
 
 def _example(example_class: type, row: Row) -> Message:
     """One row as a tf.Example of the four float features."""
+    example = example_class()
+    for key, value in zip(c.FEATURE_KEYS, row_values(row)):
+        example.features.feature[key].float_list.value.append(value)
+    return example
+
+
+def row_values(row: Row) -> List[float]:
+    """A row's four values in FEATURE_KEYS order, as floats; ServingClientError naming a missing or bad one."""
     if isinstance(row, Mapping):
         missing = [k for k in c.FEATURE_KEYS if k not in row]
         if missing:
@@ -257,13 +267,35 @@ def _example(example_class: type, row: Row) -> Message:
         if len(values) != len(c.FEATURE_KEYS):
             raise ServingClientError(f"expected {len(c.FEATURE_KEYS)} values ({', '.join(c.FEATURE_KEYS)}), "
                                      f"got {len(values)}: {values}")
-    example = example_class()
+    numbers = []
     for key, value in zip(c.FEATURE_KEYS, values):
         try:
-            example.features.feature[key].float_list.value.append(float(value))
+            numbers.append(float(value))
         except (TypeError, ValueError):
             raise ServingClientError(f"{key} must be a number, got {value!r}") from None
-    return example
+    return numbers
+
+
+def out_of_bounds(bounds: Bounds, rows: Sequence[Row]) -> Dict[int, List[Violation]]:
+    """The values outside the schema's bounds (SERVING environment), by row index (from 0)."""
+    if not rows or not bounds:
+        return {}
+    matrix = np.array([row_values(row) for row in rows], dtype=np.float64)
+    found: Dict[int, List[Violation]] = {}
+    for v in bounds.check_columns({key: matrix[:, j] for j, key in enumerate(c.FEATURE_KEYS)}):
+        found.setdefault(v.example, []).append(v)
+    return found
+
+
+def read_bounds(path: Optional[str]) -> Optional[Bounds]:
+    """The bounds of --schema; by default those of the project's schema (in the working directory, else beside
+    this package), or None when there is none."""
+    if path is not None:
+        return Bounds.from_file(path)
+    for candidate in (pathlib.Path(c.DEFAULT_SCHEMA), REPO_SCHEMA):
+        if candidate.is_file():
+            return Bounds.from_file(str(candidate))
+    return None
 
 
 def read_csv(path: str) -> List[Dict[str, str]]:
@@ -302,6 +334,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     which.add_argument("--label", help="version label to query, as the server's model config assigns "
                                        "(e.g. stable, canary; default: none, the latest version)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per request (default: %(default)s)")
+    p.add_argument("--schema", help="schema whose bounds (SERVING environment) rows are checked against: a warning "
+                                    f"line under each value outside them (default: {c.DEFAULT_SCHEMA})")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.values and not args.csv:
         p.error("give measurements or --csv FILE")
@@ -309,18 +343,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows: List[Row] = _rows_from_values(args.values) if args.values else []
         if args.csv:
             rows += read_csv(args.csv)
+        bounds = read_bounds(args.schema)
+        warnings = out_of_bounds(bounds, rows) if bounds is not None else {}
         with IrisClient(args.server, args.model, args.version, args.label, args.timeout) as client:
             predictions = client.predict(rows)
     except ServingClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:
+    except (OSError, ValueError) as e:  # an unreadable --csv or --schema file
         print(f"error: {e}", file=sys.stderr)
         return 1
     names = list(predictions[0].probabilities) if predictions else list(c.CLASS_NAMES)
     print("row\tspecies\t" + "\t".join(names))
     for i, pred in enumerate(predictions, 1):
         print(f"{i}\t{pred.species}\t" + "\t".join(f"{pred.probabilities[n]:.4f}" for n in names))
+        for v in warnings.get(i - 1, ()):
+            print(f"\twarning: {v.message(with_example=False)}")
     return 0
 
 

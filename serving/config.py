@@ -5,7 +5,7 @@ from typing import List, Optional, Tuple
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import defaults
+from serving import defaults, input_validation
 from serving.options import ServerOptions
 
 
@@ -192,6 +192,11 @@ def parse_flags(argv: List[str]) -> ServerOptions:
     p.add_argument("--request_log_max_total_bytes", type=_positive, default=d.request_log_max_total_bytes,
                    help="disk budget of each filename_prefix's request log files: the oldest are removed past "
                         "it (extension)")
+    p.add_argument("--input_validation", choices=input_validation.MODES, default=d.input_validation,
+                   help="check each request's feature values against the bounds (SERVING environment) of the schema "
+                        "a model carries in assets.extra/schema.pbtxt: warn answers and counts them "
+                        "(:tensorflow:serving:input_out_of_domain_count), reject answers INVALID_ARGUMENT naming the "
+                        "value (extension)")
     args = p.parse_args(argv)
     if args.request_log_file_max_bytes > args.request_log_max_total_bytes:
         p.error("--request_log_file_max_bytes must not exceed --request_log_max_total_bytes")

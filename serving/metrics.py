@@ -52,6 +52,10 @@ class Metrics:
         self.request_log_files_removed = Counter(":tensorflow:serving:request_log_files_removed",
                                                  "Request log files removed to keep the disk budget.",
                                                  registry=self.registry)
+        self.out_of_domain = Counter(":tensorflow:serving:input_out_of_domain_count",
+                                     "Request feature values outside the bounds of the model's schema (SERVING "
+                                     "environment), by model and feature (--input_validation).",
+                                     ["model_name", "feature"], registry=self.registry)
         self._children: Dict[Tuple, object] = {}  # (metric, *label values) -> labelled child; labels() is slow
 
     def _child(self, metric, *labels: str):
@@ -101,6 +105,11 @@ class Metrics:
     def request_log_file_removed(self) -> None:
         """One request log file removed to keep the disk budget."""
         self.request_log_files_removed.inc()
+
+    def input_out_of_domain(self, model: str, feature: str, count: int) -> None:
+        """`count` more values of `feature` outside the schema's bounds in requests for `model` (features come from
+        the model's schema, so they are bounded like the model names)."""
+        self._child(self.out_of_domain, model if model in self._models else UNKNOWN_MODEL, feature).inc(count)
 
     def exposition(self) -> bytes:
         """The Prometheus text page."""

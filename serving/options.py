@@ -36,6 +36,7 @@ class ServerOptions:
     request_log_queue_size: int = 10_000  # sampled requests waiting for the log writer; more are dropped
     request_log_file_max_bytes: int = 64 << 20  # a new log file past this size
     request_log_max_total_bytes: int = 1 << 30  # per filename_prefix; the oldest files are removed past it
+    input_validation: str = "warn"  # off, warn or reject: inputs against the schema in the model's assets.extra
 
     @property
     def rest_timeout_seconds(self) -> float:

@@ -8,6 +8,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 
 from serving import batching
 from serving.errors import ServingError
+from serving.input_validation import InputValidator
 
 RunKey = Tuple[str, Tuple[str, ...], Tuple[str, ...]]  # (signature name, input aliases, output aliases)
 
@@ -45,6 +46,8 @@ class Servable:
             if sig.inputs and sig.outputs:
                 self._callable((sig_name, tuple(sorted(sig.inputs)), tuple(sorted(sig.outputs))))
         self._scheduler: Optional[batching.BatchScheduler] = None
+        # Set by the loader once warmed up (warm-up requests are not checked); None: inputs are not checked.
+        self.validator: Optional[InputValidator] = None
         if batching_parameters is not None:
             self._scheduler = batching.BatchScheduler(batching_parameters, self._run_direct, f"{name}-{version}",
                                                       on_batch)
@@ -72,7 +75,10 @@ class Servable:
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
             outputs: Sequence[str]) -> Dict[str, np.ndarray]:
-        """Feed inputs (by alias) to the signature, fetch the named outputs."""
+        """Check the inputs against the schema's bounds (when validated), feed them (by alias) to the signature, fetch
+        the named outputs."""
+        if self.validator is not None:
+            self.validator.check(signature_name, inputs)
         key: RunKey = (signature_name, tuple(sorted(inputs)), tuple(outputs))
         if self._scheduler is not None:
             return self._scheduler.run(key, inputs)

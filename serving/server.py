@@ -19,6 +19,7 @@ from serving import config, defaults
 from serving.errors import ServingError
 from serving.grpc_service import ModelService, PredictionService
 from serving.handlers import Handlers
+from serving.input_validation import Reporter
 from serving.loader import LoaderOptions
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -55,7 +56,8 @@ class ModelServer:
             VersionSource(options.model_base_path_roots),
             LoaderOptions(session_config(options.tensorflow_intra_op_parallelism,
                                          options.tensorflow_inter_op_parallelism),
-                          batching, options.max_request_elements, options.max_request_bytes),
+                          batching, options.max_request_elements, options.max_request_bytes,
+                          options.input_validation, Reporter(self.metrics.input_out_of_domain)),
             self.metrics, options.allow_version_labels_for_unavailable_models)
         self.request_log = RequestLogger(self.metrics, options.request_log_queue_size,
                                          options.request_log_file_max_bytes, options.request_log_max_total_bytes)
