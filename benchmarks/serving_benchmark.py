@@ -296,6 +296,28 @@ def request_logging(args, harness, base: str, work: str, run, t1: float, rounds:
     print(f"request log: {logged:,} bytes in {len(os.listdir(log_dir))} files", flush=True)
 
 
+def input_validation_rows(args, harness, base: str, work: str, run, t1: float, rounds: int = 3) -> None:
+    """Predict at concurrency 8 (in-bounds values) against two servers of the same version, --input_validation=off
+    and =warn (the default), alternated `rounds` times so both see the same machine load."""
+    from components import constants as c  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(os.path.join(base, "1", c.ASSETS_EXTRA, c.SCHEMA_ASSET)):
+        print("validation rows: skipped (the model carries no assets.extra/schema.pbtxt)", flush=True)
+        return
+    servers = {}
+    try:
+        for mode in ("off", "warn"):
+            servers[mode] = harness.ServerProcess(
+                [f"--model_base_path={base}", "--model_name=iris", "--file_system_poll_wait_seconds=0",
+                 f"--input_validation={mode}", *args.server_arg], os.path.join(work, f"server-validation-{mode}.log"),
+                repo=args.server_repo).wait_ready(timeout=300)
+        for _ in range(rounds):
+            for mode, server in servers.items():
+                run(f"check {mode}", server.proc.pid, server.grpc_target, None, 1, 8, _request_bytes(1, "iris"), t1)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run every row and print the table; returns the exit code."""
     from components import runtime  # pylint: disable=g-import-not-at-top  (this checkout, on sys.path above)
@@ -313,7 +335,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--server_arg", action="append", default=[], help="extra server flag, e.g. --grpc_max_threads=4")
     p.add_argument("--server_repo", default=REPO, help="checkout whose serving/ is benchmarked (default: this one)")
     p.add_argument("--trickle_clients", type=int, default=100)
-    p.add_argument("--rows", choices=("all", "logging"), default="all",
+    p.add_argument("--rows", choices=("all", "logging", "validation"), default="all",
                    help="every row, or only the request-logging rows (Predict at concurrency 8, logging off vs on)")
     args = p.parse_args(argv)
     model_dir = os.path.abspath(args.model_dir or _latest_version(os.path.join(REPO, defaults.MODEL_BASE_PATH)))
@@ -351,6 +373,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{label:9} {n:8d} {conc:5d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['rps']:9,.0f} "
               f"{r['rps'] * n:11,.0f} {r['errors']:6d} {ratio} {cpu_us:17,.0f}", flush=True)
 
+    if args.rows == "validation":  # only the input-validation rows: Predict at concurrency 8, check off vs warn
+        input_validation_rows(args, harness, base, work, run, t1)
+        return 0
     if args.rows == "logging":
         request_logging(args, harness, base, work, run, t1)
         return 0
@@ -382,6 +407,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         request_logging(args, harness, base, work, run, t1)
     else:  # a --server_repo from before request logging would serve both models unlogged
         print("log rows: skipped (the --server_repo server has no request logging)", flush=True)
+    if os.path.exists(os.path.join(args.server_repo, "serving", "input_validation.py")):
+        input_validation_rows(args, harness, base, work, run, t1)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     floor = ctx.Process(target=_floor_server, args=(response, queue), daemon=True)
