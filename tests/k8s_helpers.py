@@ -245,6 +245,44 @@ def validate_builtin(obj: dict) -> None:
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
+# --- the prod model server run for real, its volumes moved to local directories -----------------------------------
+
+def moved_path(path: str, mounts: Dict[str, pathlib.Path]) -> str:
+    """PATH with the mount path it lies under (a key of MOUNTS) replaced by that mount's local directory."""
+    for mount, local in mounts.items():
+        if path == mount or path.startswith(mount.rstrip("/") + "/"):
+            return str(local) + path[len(mount.rstrip("/")):]
+    return path
+
+
+def server_mounts(container: dict, root: pathlib.Path) -> Dict[str, pathlib.Path]:
+    """The serving container's config, models and (if mounted) request logs mount paths -> directories under ROOT."""
+    names = {"config": "etc", "models": "models", "request-logs": "logs"}
+    return {m["mountPath"]: root / names[m["name"]] for m in container["volumeMounts"] if m["name"] in names}
+
+
+def write_serving_config(objects: List[dict], mounts: Dict[str, pathlib.Path]) -> model_server_config_pb2.ModelServerConfig:
+    """The serving ConfigMap's files written where its mount is moved to, models.config's base paths and log prefixes
+    moved too; returns that models.config."""
+    configmap = one(objects, "ConfigMap", CONFIGMAP)["data"]
+    config = parse_models_config(configmap["models.config"])
+    for model in config.model_config_list.config:
+        model.base_path = moved_path(model.base_path, mounts)
+        collector = model.logging_config.log_collector_config
+        collector.filename_prefix = moved_path(collector.filename_prefix, mounts)
+    etc = pathlib.Path(moved_path(mount_of_volume(serving_container(objects), "config")["mountPath"], mounts))
+    etc.mkdir(parents=True)
+    (etc / "models.config").write_text(text_format.MessageToString(config))
+    (etc / "batching_parameters.txt").write_text(configmap["batching_parameters.txt"])
+    return config
+
+
+def server_args(container: dict, mounts: Dict[str, pathlib.Path]) -> List[str]:
+    """The serving container's flags with their paths moved, without the ports (the test harness picks free ones)."""
+    return [f"--{name}={moved_path(value, mounts)}" for name, value in flags(container).items()
+            if name not in ("port", "rest_api_port")]
+
+
 # --- the pipeline image and locked-down containers ---------------------------------------------------------
 
 def dockerfile_instructions() -> List[Tuple[str, str]]:

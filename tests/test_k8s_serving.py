@@ -15,8 +15,8 @@ from k8s_helpers import (BASE, CLIENT_LABEL, CONFIGMAP, DEPLOYMENT, LOCKDOWN_FLA
                          OVERLAYS_DIR, PROJECT_IMAGE, PROJECT_SERVER_COMMAND, PROMETHEUS_NAMESPACE, PROMETHEUS_PODS,
                          REQUEST_LOG_FLAGS, REQUEST_LOGS_PVC, SERVING_IMAGE, TF_SERVING_FLAGS, available_overlays,
                          configmap_files, flags, kustomization, mount_of_volume, one, parse_batching,
-                         parse_models_config, quantity, render_overlay, runs_tf_serving, serving_container,
-                         volume_mounted_at)
+                         parse_models_config, quantity, render_overlay, runs_tf_serving, server_args, server_mounts,
+                         serving_container, volume_mounted_at, write_serving_config)
 from serving import defaults
 
 
@@ -333,32 +333,14 @@ def test_prod_model_server_serves_its_configmap_and_refuses_model_management(mod
 
     objects = render_overlay("prod")
     container = serving_container(objects)
-    mounts = {mount_of_volume(container, "config")["mountPath"]: tmp_path / "etc",
-              mount_of_volume(container, "models")["mountPath"]: tmp_path / "models",
-              mount_of_volume(container, "request-logs")["mountPath"]: tmp_path / "logs"}
-
-    def moved(path: str) -> str:
-        for mount, local in mounts.items():
-            if path == mount or path.startswith(mount.rstrip("/") + "/"):
-                return str(local) + path[len(mount.rstrip("/")):]
-        return path
-
-    config = parse_models_config(one(objects, "ConfigMap", CONFIGMAP)["data"]["models.config"])
-    for served in config.model_config_list.config:
-        served.base_path = moved(served.base_path)
-        prefix = served.logging_config.log_collector_config.filename_prefix
-        served.logging_config.log_collector_config.filename_prefix = moved(prefix)
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "models.config").write_text(text_format.MessageToString(config))
-    (tmp_path / "etc" / "batching_parameters.txt").write_text(
-        one(objects, "ConfigMap", CONFIGMAP)["data"]["batching_parameters.txt"])
+    mounts = server_mounts(container, tmp_path)
+    config = write_serving_config(objects, mounts)
     (served,) = config.model_config_list.config
     h.copy_version(model, pathlib.Path(served.base_path), 1)
     logged = served.logging_config
     assert logged.sampling_config.sampling_rate > 0, "prod's models.config logs no requests"
     assert logged.log_collector_config.filename_prefix.startswith(str(tmp_path / "logs") + "/")
-    args = [f"--{name}={moved(value)}" for name, value in flags(container).items()
-            if name not in ("port", "rest_api_port")]
+    args = server_args(container, mounts)
     assert f"--model_base_path_roots={tmp_path / 'models'}" in args and "--enable_model_management=false" in args
 
     server = h.ServerProcess(args, tmp_path / "server.log", use_console_command=True).wait_ready()
