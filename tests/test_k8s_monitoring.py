@@ -3,18 +3,24 @@ write, on the same volume read-only, its window (--since) equal to its schedule'
 ML Metadata where the statistics are found, a Job that fails (the alert) on a verdict without retrying it, and a
 NetworkPolicy that admits nothing and lets it reach only the cluster DNS and ML Metadata."""
 import argparse
+import contextlib
 import copy
+import csv
 import datetime
 import json
+import os
+import pathlib
 import re
-from typing import Dict, List, Set, Tuple
+import subprocess
+from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
 from k8s_helpers import (CONFIGMAP, DNS_NAMESPACE, DNS_PODS, MLMD_NAMESPACE, MLMD_PODS, MONITOR, MONITOR_COMMAND,
                          MONITOR_CONTAINER, MONITORED_OVERLAYS, MONITORING_PVC, OVERLAYS_DIR, PIPELINE_DATA_PVC,
-                         PROJECT_IMAGE, REQUEST_LOGS_PVC, TFJOB, flags, kustomization, monitor_container, monitor_pod,
-                         one, parse_models_config, render_overlay, serving_container, volume_mounted_at)
+                         PROJECT_IMAGE, REPO, REQUEST_LOGS_PVC, TFJOB, flags, kustomization, monitor_container,
+                         monitor_pod, moved_path, one, parse_models_config, render_overlay, server_args, server_mounts,
+                         serving_container, volume_mounted_at, write_serving_config)
 
 from iris_tfx import monitor as monitor_command
 from pipeline.monitor import parse_since
@@ -227,3 +233,116 @@ def test_monitor_network_policy_admits_nothing_and_reaches_only_dns_and_ml_metad
         break_policy(broken)
         assert monitor_policy_problems(broken, int(port)), broken
     assert monitor_policy_problems(policy, int(port) + 1)
+
+
+# --- the CronJob's command run for real on what the prod server logged ------------------------------------------
+
+@contextlib.contextmanager
+def metadata_service(sqlite_path: str) -> Iterator[str]:
+    """ML Metadata's gRPC MetadataStoreService over a pipeline's SQLite store at 127.0.0.1:<port>, for --metadata_grpc.
+    Kubeflow runs metadata_store_server, which is not on PyPI; this serves the same C++ store (ml-metadata's own
+    binding) through the same service definition, method for method (hand-written: ml-metadata ships no server)."""
+    from concurrent import futures
+    import grpc
+    from ml_metadata import errors
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_service_pb2 as service_pb2
+    from pipeline.config import sqlite_metadata
+    store = metadata_store.MetadataStore(sqlite_metadata(sqlite_path))
+    service = service_pb2.DESCRIPTOR.services_by_name["MetadataStoreService"]
+
+    def method(name: str, response_class: type):
+        def call(request, context):
+            response = response_class()
+            try:
+                store._call(name, request, response)  # pylint: disable=protected-access  (the binding's dispatch)
+            except errors.StatusError as e:
+                context.abort(next(c for c in grpc.StatusCode if c.value[0] == e.error_code), e.message)
+            return response
+        return call
+
+    handlers = {}
+    for m in service.methods:
+        request_class, response_class = (getattr(service_pb2, m.input_type.name),
+                                         getattr(service_pb2, m.output_type.name))
+        handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+            method(m.name, response_class), request_deserializer=request_class.FromString,
+            response_serializer=response_class.SerializeToString)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # one SQLite connection, one caller at a time
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service.full_name, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def pipeline_workdir(request) -> pathlib.Path:
+    """A pipeline workdir with a pushed model and its ML Metadata: the session's run, or IRIS_TFX_TEST_WORKDIR (one an
+    earlier `iris-tfx run` made with the current schema)."""
+    path = os.environ.get("IRIS_TFX_TEST_WORKDIR")
+    return pathlib.Path(path) if path else request.getfixturevalue("pipeline_run").workdir
+
+
+def fisher_rows(factor: float) -> List[List[float]]:
+    """data/iris.csv's measurements, each multiplied by FACTOR."""
+    from components import constants
+    with open(REPO / constants.DEFAULT_DATA, newline="") as f:
+        return [[float(row[k]) * factor for k in constants.FEATURE_KEYS] for row in csv.DictReader(f)]
+
+
+@pytest.mark.e2e
+def test_cronjob_command_finds_the_skew_in_what_the_prod_server_logged(pipeline_workdir, tmp_path):
+    """The prod server (rendered flags and ConfigMap, volumes moved under tmp_path) answers Fisher's rows x10 and logs
+    them at prod's sampling rate; the CronJob's own command line (paths moved; ML Metadata served over gRPC from the
+    run's store) finds skew on all four measurements and exits 1, which fails the Job at once (the alert)."""
+    from components import constants
+    from serving import harness as h
+    from serving.client import IrisClient
+
+    objects = render_overlay("prod")
+    container = serving_container(objects)
+    mounts = server_mounts(container, tmp_path)
+    config = write_serving_config(objects, mounts)
+    (served,) = config.model_config_list.config
+    (version,) = sorted((pipeline_workdir / "models" / constants.MODEL_NAME).iterdir())[-1:]
+    h.copy_version(version, pathlib.Path(served.base_path), int(version.name))  # the version ML Metadata knows
+    server = h.ServerProcess(server_args(container, mounts), tmp_path / "server.log", use_console_command=True)
+    try:
+        server.wait_ready()
+        rows = fisher_rows(10.0)
+        sent = int(40 / served.logging_config.sampling_config.sampling_rate)  # ~40 logged
+        with IrisClient(server.grpc_target, model_name=served.name) as client:
+            for i in range(sent):
+                client.predict([rows[i % len(rows)]])
+    finally:
+        assert server.stop() == 0, server.log()
+
+    monitor = monitor_container(objects)
+    # The CronJob's volumes: the logs where the server wrote them, the results on a fresh directory.
+    job_mounts = {mount_of(monitor, REQUEST_LOGS_PVC, objects): tmp_path / "logs",
+                  mount_of(monitor, MONITORING_PVC, objects): tmp_path / "monitoring"}
+    (tmp_path / "monitoring").mkdir()
+    with metadata_service(str(pipeline_workdir / "metadata.sqlite")) as target:
+        args = [f"--{name}={target if name == 'metadata_grpc' else moved_path(value, job_mounts)}"
+                for name, value in flags(monitor).items()]
+        proc = subprocess.run(h.iris_tfx_command() + monitor["command"][1:] + args, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+    job = one(objects, "CronJob", MONITOR)["spec"]["jobTemplate"]["spec"]
+    assert proc.returncode == VERDICT_EXIT_CODES[0], proc.stdout + proc.stderr
+    assert retried_exit_codes(job, {proc.returncode}) == set()
+    (result,) = (tmp_path / "monitoring").glob("*/*/*/result.json")
+    data = json.loads(result.read_text())
+    assert data["found"] is True and data["model"] == {"name": served.name, "version": int(version.name)}
+    skewed = {f["name"] for f in data["features"] if f["skew"]["found"]}
+    assert skewed >= set(constants.FEATURE_KEYS), (skewed, proc.stdout)
+    print(proc.stdout)
+
+
+def mount_of(container: dict, claim: str, objects: List[dict]) -> str:
+    """The mount path of the monitor pod's volume of CLAIM."""
+    volume = next(v for v in monitor_pod(objects)["volumes"]
+                  if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
+    return next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume["name"])
