@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import re
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # imported where used: TensorFlow, TFDV and Arrow take second
     from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
     from tensorflow_serving.apis import prediction_log_pb2
 
+_log = logging.getLogger(__name__)
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # a result directory's name
 SCHEMA_FILE = "schema.pbtxt"  # what ImportSchemaGen writes into its Schema artifact
 TRAIN_SPLIT = "train"
@@ -83,12 +85,23 @@ class Traffic:
         """All examples as one batch: the inputs' features (a label sent in the request dropped) and `species`,
         the PREDICTED species, so TFDV compares the predicted mix with the training label mix."""
         import pyarrow as pa  # pylint: disable=g-import-not-at-top
-        table = pa.concat_tables([pa.Table.from_batches([b]) for b in self.batches], promote=True)
+        table = pa.concat_tables([pa.Table.from_batches([_numbers_as_floats(b)]) for b in self.batches],
+                                 promote=True)
         if constants.LABEL_KEY in table.column_names:
             table = table.drop([constants.LABEL_KEY])
         species = pa.array([None if s is None else [s.encode()] for s in self.predicted], pa.large_list(pa.large_binary()))
         table = table.append_column(constants.LABEL_KEY, species).combine_chunks()
         return table.to_batches()[0]
+
+
+def _numbers_as_floats(batch: "pa.RecordBatch") -> "pa.RecordBatch":
+    """Numeric columns as lists of float32, as the schema's FLOAT features are, so an int64_list or a float64 tensor
+    sent for a measurement joins the other requests' values (and TFDV sees one type per feature)."""
+    import pyarrow as pa  # pylint: disable=g-import-not-at-top
+    floats = pa.large_list(pa.float32())
+    arrays = [a.cast(floats) if pa.types.is_integer(a.type.value_type) or pa.types.is_floating(a.type.value_type)
+              else a for a in batch.columns]
+    return pa.RecordBatch.from_arrays(arrays, batch.schema.names)
 
 
 def _examples_batch(serialized: List[bytes]) -> "pa.RecordBatch":
@@ -137,6 +150,7 @@ def _predicted_by_predict(outputs) -> List[Optional[str]]:
 def parse_log(log: "prediction_log_pb2.PredictionLog") -> Tuple["pa.RecordBatch", List[Optional[str]]]:
     """One logged request/response: its examples' features (serialized tf.Examples and raw feature tensors alike)
     and the species predicted for each."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
     import pyarrow as pa  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     kind = log.WhichOneof("log_type")
@@ -145,7 +159,7 @@ def parse_log(log: "prediction_log_pb2.PredictionLog") -> Tuple["pa.RecordBatch"
         predicted = _predicted_by_predict(log.predict_log.response.outputs)
         if constants.EXAMPLES_INPUT in inputs:
             return _examples_batch(list(inputs[constants.EXAMPLES_INPUT].string_val)), predicted
-        arrays = {name: tf.make_ndarray(tensor) for name, tensor in inputs.items()}
+        arrays = {name: np.atleast_1d(tf.make_ndarray(tensor)) for name, tensor in inputs.items()}
         rows = min((len(a) for a in arrays.values()), default=0)  # raw inputs: one row per example, [n] or [n, 1]
         columns = {name: pa.array(a[:rows].reshape(rows, -1).astype("float32").tolist(),
                                   pa.large_list(pa.float32()))
@@ -195,7 +209,12 @@ def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[
         spec = log.log_metadata.model_spec
         key = (spec.name, spec.version.value)
         traffic = found.setdefault(key, Traffic(model=key[0], version=key[1]))
-        batch, predicted = parse_log(log)
+        try:
+            batch, predicted = parse_log(log)
+        except Exception as e:  # noqa: BLE001 - one malformed logged request must not hide all the others
+            _log.warning("%s: skipped a logged request of model %s version %d that cannot be read: %s", prefix,
+                         key[0], key[1], e)
+            continue
         traffic.add(timestamp, batch, predicted)
     return found
 
