@@ -89,7 +89,8 @@ class Traffic:
                                  promote=True)
         if constants.LABEL_KEY in table.column_names:
             table = table.drop([constants.LABEL_KEY])
-        species = pa.array([None if s is None else [s.encode()] for s in self.predicted], pa.large_list(pa.large_binary()))
+        species = pa.array([None if s is None else [s.encode()] for s in self.predicted],
+                           pa.large_list(pa.large_binary()))
         table = table.append_column(constants.LABEL_KEY, species).combine_chunks()
         return table.to_batches()[0]
 
@@ -398,6 +399,12 @@ def _iso(seconds: Optional[float]) -> Optional[str]:
         seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _verdict(skew: Optional[Comparison], drift: Optional[Comparison]) -> str:
+    """"skew", "drift", "skew, drift" (found), "ok" (compared, nothing found) or "not checked" (no comparator)."""
+    return ", ".join(kind for kind, c in (("skew", skew), ("drift", drift)) if c and c.found) or (
+        "ok" if skew or drift else "not checked")
+
+
 def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic], logs: str,
             since: Optional[datetime.datetime], now: datetime.datetime) -> Result:
     """Skew (TFDV: the training statistics with the window as serving_statistics) and, given a previous window,
@@ -426,8 +433,7 @@ def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic]
     features = []
     for name in constants.FEATURE_KEYS:
         s, d = skews.get(name), drifts.get(name)
-        verdict = ", ".join(kind for kind, c in (("skew", s), ("drift", d)) if c and c.found) or (
-            "ok" if s or d else "not checked")
+        verdict = _verdict(s, d)
         features.append({"name": name, "skew": dataclasses.asdict(s) if s else None,
                          "drift": dataclasses.asdict(d) if d else None,
                          "out_of_domain": out_of_domain.get(name, 0), "verdict": verdict})
@@ -477,6 +483,11 @@ def _comparison_text(kind: str, comparison: Optional[Dict[str, Any]], measure: s
     return f"{kind} {measure} {comparison['distance']:.3f} {sign} {comparison['threshold']:g}"
 
 
+def _shout(verdict: str) -> str:
+    """A verdict as printed: what was found in capitals, so it stands out in a column of "ok"."""
+    return verdict if verdict in ("ok", "not checked") else verdict.upper()
+
+
 def verdict_lines(result: Result) -> List[str]:
     """One line per feature and one for the species mix, as the command prints them."""
     data = result.data
@@ -484,14 +495,15 @@ def verdict_lines(result: Result) -> List[str]:
              f"{data['examples']} examples in {data['records']} logged requests, "
              f"{data['window']['first']} to {data['window']['last']}"]
     for f in data["features"]:
-        lines.append(f"  {f['name']:<13} {f['verdict'].upper() if f['verdict'] not in ('ok', 'not checked') else f['verdict']:<12} "
+        lines.append(f"  {f['name']:<13} {_shout(f['verdict']):<12} "
                      f"{_comparison_text('skew', f['skew'], 'JSD')}; {_comparison_text('drift', f['drift'], 'JSD')}"
                      + (f"; {f['out_of_domain']} values outside the schema's bounds" if f["out_of_domain"] else ""))
     mix = data["species_mix"]
     shares = ", ".join(f"{name} {mix['serving'].get(name, 0):.2f} ({mix['training'].get(name, 0):.2f})"
                        for name in constants.CLASS_NAMES)
     skew = None if mix["distance"] is None else {k: mix[k] for k in ("distance", "threshold", "found")}
-    lines.append(f"  {'species mix':<13} {'SKEW' if mix['found'] else 'ok' if skew else 'not checked':<12} "
+    verdict = _verdict(*(None if c is None else Comparison(**c) for c in (skew, mix.get("drift"))))
+    lines.append(f"  {'species mix':<13} {_shout(verdict):<12} "
                  f"{_comparison_text('skew', skew, 'L-inf')}; {_comparison_text('drift', mix.get('drift'), 'L-inf')}"
                  f" -- predicted (training): {shares}")
     if all(f["verdict"] == "not checked" for f in data["features"]) and skew is None:

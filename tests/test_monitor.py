@@ -16,8 +16,7 @@ import grpc
 import pytest
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
-from tensorflow_serving.apis import (classification_pb2, inference_pb2, predict_pb2, prediction_log_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import classification_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from components import constants as c
