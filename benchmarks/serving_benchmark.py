@@ -269,9 +269,9 @@ def _latest_version(base: str) -> str:
     return os.path.join(base, str(max(versions)))
 
 
-def request_logging(args, harness, base: str, work: str, run, t1: float, rounds: int = 2) -> None:
+def request_logging(args, harness, base: str, work: str, run, t1: float) -> None:
     """Predict at concurrency 8 against one server: model `iris` not logged, `iris_logged` (the same version
-    directory) logged at sampling 1.0; alternated `rounds` times so both see the same machine load."""
+    directory) logged at sampling 1.0; alternated --log_rounds times so both see the same machine load."""
     from tensorflow_serving.config import model_server_config_pb2  # pylint: disable=g-import-not-at-top
     config = model_server_config_pb2.ModelServerConfig()
     log_dir = os.path.join(work, "request-log")
@@ -287,7 +287,7 @@ def request_logging(args, harness, base: str, work: str, run, t1: float, rounds:
                                     *args.server_arg], os.path.join(work, "server-logging.log"),
                                    repo=args.server_repo).wait_ready(timeout=300)
     try:
-        for _ in range(rounds):
+        for _ in range(args.log_rounds):
             for label, model in (("log off", "iris"), ("log on", "iris_logged")):
                 run(label, server.proc.pid, server.grpc_target, None, 1, 8, _request_bytes(1, model), t1)
     finally:
@@ -337,6 +337,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--trickle_clients", type=int, default=100)
     p.add_argument("--rows", choices=("all", "logging", "validation"), default="all",
                    help="every row, or only the request-logging rows (Predict at concurrency 8, logging off vs on)")
+    p.add_argument("--log_rounds", type=int, default=2, help="times the log off/on rows alternate")
     args = p.parse_args(argv)
     model_dir = os.path.abspath(args.model_dir or _latest_version(os.path.join(REPO, defaults.MODEL_BASE_PATH)))
     work = tempfile.mkdtemp(prefix="serving-bench-")

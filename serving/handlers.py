@@ -39,9 +39,10 @@ class Handlers:
         inference.check_cost(elements, 0, self.max_request_elements, self.max_request_bytes)
 
     def infer(self, api: str, entrypoint: str, request, run: Infer, spec: Optional[model_pb2.ModelSpec] = None,
-              parse: Optional[Callable[[], None]] = None):
+              parse: Optional[Callable[[], None]] = None, raw: Optional[bytes] = None):
         """One inference request: `parse()` (REST: the JSON body into `request`) and check its limits, find the
         servable of `spec` (default: request.model_spec), `run(servable, request)`; each step labels the metrics.
+        With `raw` (gRPC: the request's bytes) the response is returned serialized, and both bytes are logged.
         Raises ServingError; any other exception becomes INTERNAL without touching the loaded model."""
         with self.metrics.request(api, entrypoint) as record:
             try:
@@ -58,8 +59,10 @@ class Handlers:
                 servable = self.manager.servable(spec)
                 record.version = servable.version_str
                 response = run(servable, request)
+                if raw is not None:  # serialized once, for the wire and the request log
+                    response = response.SerializeToString()
                 if self.request_log is not None and request is not None:  # REST Predict: log_predict_arrays
-                    self.request_log.log(api, spec, servable.version, request, response)
+                    self.request_log.log(api, spec, servable.version, request if raw is None else raw, response)
                 return response
             except ServingError as e:
                 record.status = e.code.name

@@ -3,6 +3,7 @@ LogCollector), which its open-source server refuses to start with: sampled reque
 `tensorflow.serving.PredictionLog` records in size-rotated TFRecord files under a total disk budget, written by one
 thread from a bounded queue, so a request never waits for the disk and a full queue drops the record, not the request."""
 import datetime
+import functools
 import logging
 import os
 import queue
@@ -13,7 +14,7 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import logging_pb2, model_pb2, predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import logging_config_pb2, model_server_config_pb2
 
 from components.request_logs import SUFFIX, file_name, log_files
@@ -95,14 +96,44 @@ class _Entry(NamedTuple):
     spec: model_pb2.ModelSpec  # as asked (the writer logs it with `version`)
     version: int  # the version that answered
     field: str  # PredictionLog field (LOG_FIELDS)
-    request: object  # the request proto, or for REST Predict its input arrays
-    response: object  # the response proto, or for REST Predict its output arrays
+    request: object  # the request proto or its bytes, or for REST Predict its input arrays
+    response: object  # the response proto or its bytes, or for REST Predict its output arrays
     timestamp: float
 
 
 def _tensor_map(target, arrays: Mapping[str, np.ndarray]) -> None:
     for name, array in arrays.items():
         ndarray_to_proto(np.asarray(array), target[name])
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf's base-128 varint (hand-written: protobuf's Python API has no public encoder for a tag or length)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, data: bytes) -> bytes:
+    """A length-delimited protobuf field: its tag, the length, the bytes."""
+    return tag + _varint(len(data)) + data
+
+
+@functools.lru_cache(maxsize=None)
+def _tags(field: str) -> Tuple[bytes, bytes, bytes, bytes]:
+    """The wire tags of PredictionLog's log_metadata and `field`, and of that log's request and response (numbers
+    from the descriptors): a message field's tag is its number << 3 | 2 (length-delimited)."""
+    fields = prediction_log_pb2.PredictionLog.DESCRIPTOR.fields_by_name
+    sub = fields[field].message_type.fields_by_name
+    numbers = (fields["log_metadata"].number, fields[field].number, sub["request"].number, sub["response"].number)
+    return tuple(_varint(number << 3 | 2) for number in numbers)
+
+
+def _serialized(message) -> bytes:
+    """A request or response as bytes (gRPC hands over some already serialized)."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 class RequestLogger:
@@ -112,11 +143,16 @@ class RequestLogger:
 
     def __init__(self, metrics: Metrics, queue_size: int, max_file_bytes: int, max_total_bytes: int):
         self.metrics, self.max_file_bytes, self.max_total_bytes = metrics, max_file_bytes, max_total_bytes
-        self._configs: Dict[str, logging_config_pb2.LoggingConfig] = {}  # replaced whole: read without a lock
+        # model -> its logging config and sampling rate (a proto's fields are slow to read per request); replaced
+        # whole, so read without a lock
+        self._configs: Dict[str, Tuple[logging_config_pb2.LoggingConfig, float]] = {}
         self._queue: "queue.Queue[Optional[_Entry]]" = queue.Queue(queue_size)
         self._files: Dict[str, RotatingRecordFile] = {}  # writer thread only
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
+        self._metadata_cache: Dict[tuple, Tuple[logging_config_pb2.LoggingConfig, bytes]] = {}  # writer thread only
+        self._metadata_second = -1
+        self._prefixes: Dict[int, Tuple[logging_config_pb2.LoggingConfig, str]] = {}  # writer thread only
 
     def update(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Log the models whose config has a logging_config with a filename_prefix and a sampling rate > 0."""
@@ -124,10 +160,10 @@ class RequestLogger:
                    if m.logging_config.log_collector_config.filename_prefix
                    and m.logging_config.sampling_config.sampling_rate > 0}
         for name, c in configs.items():
-            if (name, c) not in self._configs.items():
+            if self._configs.get(name, (None,))[0] != c:
                 log.info("Logging requests of model %s: sampling rate %g, files %s-*%s", name,
                          c.sampling_config.sampling_rate, c.log_collector_config.filename_prefix, SUFFIX)
-        self._configs = configs
+        self._configs = {name: (c, c.sampling_config.sampling_rate) for name, c in configs.items()}
         with self._lock:
             if configs and self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
@@ -135,10 +171,10 @@ class RequestLogger:
 
     def sampled(self, model: str) -> Optional[logging_config_pb2.LoggingConfig]:
         """The model's logging config if this request is to be logged (one dict look-up when it is not)."""
-        config = self._configs.get(model)
-        if config is None:
+        logged = self._configs.get(model)
+        if logged is None:
             return None
-        rate = config.sampling_config.sampling_rate
+        config, rate = logged
         return config if rate >= 1 or random.random() < rate else None
 
     def log(self, api: str, spec: model_pb2.ModelSpec, version: int, request, response) -> None:
@@ -161,33 +197,50 @@ class RequestLogger:
         except queue.Full:
             self.metrics.request_logged(spec.name, "dropped")
 
-    @staticmethod
-    def record(entry: _Entry) -> bytes:
-        """The serialized PredictionLog of one entry."""
-        record = prediction_log_pb2.PredictionLog()
-        meta = record.log_metadata
-        meta.model_spec.CopyFrom(entry.spec)
-        meta.model_spec.version.value = entry.version  # the version that answered (clears a label)
-        meta.sampling_config.CopyFrom(entry.config.sampling_config)
-        meta.saved_model_tags.append(tf.saved_model.SERVING)
-        meta.timestamp_secs = int(entry.timestamp)
-        target = getattr(record, entry.field)
+    def record(self, entry: _Entry) -> bytes:
+        """The serialized PredictionLog of one entry, assembled from the serialized metadata, request and response
+        (what SerializeToString of the whole message would give, without copying the request into a new one)."""
+        metadata_tag, field_tag, request_tag, response_tag = _tags(entry.field)
         if isinstance(entry.request, Mapping):  # REST Predict's arrays
-            request = predict_pb2.PredictRequest(model_spec=meta.model_spec)
+            spec = model_pb2.ModelSpec()
+            spec.CopyFrom(entry.spec)
+            spec.version.value = entry.version
+            request = predict_pb2.PredictRequest(model_spec=spec)
             _tensor_map(request.inputs, entry.request)
-            response = predict_pb2.PredictResponse(model_spec=meta.model_spec)
+            response = predict_pb2.PredictResponse(model_spec=spec)
             _tensor_map(response.outputs, entry.response)
-            target.request.CopyFrom(request)
-            target.response.CopyFrom(response)
-        else:
-            target.request.CopyFrom(entry.request)
-            target.response.CopyFrom(entry.response)
-        return record.SerializeToString()
+            entry = entry._replace(request=request, response=response)
+        body = _field(request_tag, _serialized(entry.request)) + _field(response_tag, _serialized(entry.response))
+        return _field(metadata_tag, self._metadata(entry)) + _field(field_tag, body)
+
+    def _metadata(self, entry: _Entry) -> bytes:
+        """The serialized LogMetadata of an entry, made once per model, signature, version and second."""
+        second = int(entry.timestamp)
+        if second != self._metadata_second:
+            self._metadata_cache, self._metadata_second = {}, second
+        key = (id(entry.config), entry.spec.name, entry.spec.signature_name, entry.version)
+        cached = self._metadata_cache.get(key)
+        if cached is None or cached[0] is not entry.config:  # `is`: an id may be reused after a config reload
+            meta = logging_pb2.LogMetadata()
+            meta.model_spec.CopyFrom(entry.spec)
+            meta.model_spec.version.value = entry.version  # the version that answered (clears a label)
+            meta.sampling_config.CopyFrom(entry.config.sampling_config)
+            meta.saved_model_tags.append(tf.saved_model.SERVING)
+            meta.timestamp_secs = second
+            cached = self._metadata_cache[key] = (entry.config, meta.SerializeToString())
+        return cached[1]
 
     def _removed(self, path: str) -> None:
         log.warning("Request log over its disk budget (%d bytes): removed the oldest file %s",
                     self.max_total_bytes, path)
         self.metrics.request_log_file_removed()
+
+    def _prefix(self, config: logging_config_pb2.LoggingConfig) -> str:
+        """A config's filename_prefix, read from the proto once per config."""
+        cached = self._prefixes.get(id(config))
+        if cached is None or cached[0] is not config:  # `is`: an id may be reused after a config reload
+            cached = self._prefixes[id(config)] = (config, config.log_collector_config.filename_prefix)
+        return cached[1]
 
     def _file(self, prefix: str) -> RotatingRecordFile:
         file = self._files.get(prefix)
@@ -212,8 +265,13 @@ class RequestLogger:
             by_prefix: Dict[str, List[Tuple[str, bytes]]] = {}
             for entry in batch:
                 if entry is not None:
-                    by_prefix.setdefault(entry.config.log_collector_config.filename_prefix, []).append(
-                        (entry.spec.name, self.record(entry)))
+                    try:
+                        record = self.record(entry)
+                    except Exception as e:  # noqa: BLE001 - one bad record must not stop the writer
+                        log.error("Request log: cannot make the record of a %s request: %s", entry.spec.name, e)
+                        self.metrics.request_logged(entry.spec.name, "error")
+                        continue
+                    by_prefix.setdefault(self._prefix(entry.config), []).append((entry.spec.name, record))
             for prefix, items in by_prefix.items():
                 try:
                     self._file(prefix).write([data for _, data in items])

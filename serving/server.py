@@ -12,12 +12,11 @@ from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from tensorflow_serving.apis import (model_service_pb2, model_service_pb2_grpc, prediction_service_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import model_service_pb2, model_service_pb2_grpc, prediction_service_pb2
 
 from serving import config, defaults
 from serving.errors import ServingError
-from serving.grpc_service import ModelService, PredictionService
+from serving.grpc_service import ModelService, PredictionService, add_prediction_service
 from serving.handlers import Handlers
 from serving.input_validation import Reporter
 from serving.loader import LoaderOptions
@@ -103,7 +102,7 @@ class ModelServer:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", options.max_request_bytes),
                                           ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)],
                                  maximum_concurrent_rpcs=defaults.MAX_CONCURRENT_RPCS)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        add_prediction_service(  # the logged APIs take and answer bytes (request logging's records)
             PredictionService(self.handlers, self.pool, options.inline_max_elements, options.inline_max_bytes),
             server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(

@@ -12,11 +12,12 @@ from concurrent import futures
 from typing import List
 
 import grpc
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import (classification_pb2, inference_pb2, model_pb2, predict_pb2, prediction_log_pb2,
-                                     prediction_service_pb2_grpc)
+                                     prediction_service_pb2_grpc, regression_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
 from components import constants as c
@@ -25,6 +26,7 @@ from serving import config
 from serving import harness as h
 from serving import request_log
 from serving.metrics import Metrics
+from serving.tensors import ndarray_to_proto
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
@@ -144,6 +146,78 @@ def test_logger_writes_prediction_logs_with_metadata_and_drops_when_full(tmp_pat
     page = metrics.exposition().decode()
     dropped = metric(page, ":tensorflow:serving:request_log_count_total", model_name="tiny", status="dropped")
     assert dropped > 0 and len(read_logs(tmp_path / "tiny")) + dropped == 2000
+
+
+def message_built(field: str, spec: model_pb2.ModelSpec, version: int, rate: float, request, response,
+                  when: int) -> prediction_log_pb2.PredictionLog:
+    """The PredictionLog built field by field, as the writer did before it assembled records from bytes."""
+    record = prediction_log_pb2.PredictionLog()
+    meta = record.log_metadata
+    meta.model_spec.CopyFrom(spec)
+    meta.model_spec.version.value = version
+    meta.sampling_config.sampling_rate = rate
+    meta.saved_model_tags.append("serve")
+    meta.timestamp_secs = when
+    getattr(record, field).request.CopyFrom(request)
+    getattr(record, field).response.CopyFrom(response)
+    return record
+
+
+def test_records_assembled_from_bytes_parse_as_the_message_built_ones(tmp_path):
+    """gRPC hands the logger a request's bytes as received and the response serialized: the record made of them
+    is read by TF's reader and parses as the PredictionLog built message by message (protos and REST's arrays)."""
+    spec = model_pb2.ModelSpec(name="iris", signature_name=c.SERVING_SIGNATURE)
+    spec.version_label = "stable"  # logged as the version that answered
+    small = predict_request()
+    small.model_spec.CopyFrom(spec)
+    large = predict_request()  # > 16 KiB: lengths take three varint bytes
+    large.inputs[c.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto([example().SerializeToString()] * 2000))
+    response = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(name="iris"))
+    response.outputs[c.PROBABILITIES_OUTPUT].CopyFrom(tf.make_tensor_proto([[0.9, 0.05, 0.05]]))
+    response.outputs[c.PREDICTED_OUTPUT].CopyFrom(tf.make_tensor_proto([b"setosa"]))
+    classify = classification_pb2.ClassificationRequest(model_spec=spec)
+    classify.input.example_list.examples.add().CopyFrom(example())
+    classified = classification_pb2.ClassificationResponse()
+    classified.result.classifications.add().classes.add(label="setosa", score=0.9)
+    regress = regression_pb2.RegressionRequest(model_spec=spec, input=classify.input)
+    regressed = regression_pb2.RegressionResponse()
+    regressed.result.regressions.add(value=1.5)
+    multi = inference_pb2.MultiInferenceRequest(input=classify.input)
+    multi.tasks.add(model_spec=spec, method_name="tensorflow/serving/classify")
+    answered = inference_pb2.MultiInferenceResponse()
+    answered.results.add(classification_result=classified.result)
+    cases = [("predict", "predict_log", small, response), ("predict", "predict_log", large, response),
+             ("classify", "classify_log", classify, classified), ("regress", "regress_log", regress, regressed),
+             ("multi_inference", "multi_inference_log", multi, answered)]
+    logger = request_log.RequestLogger(Metrics(), 100, 1 << 20, 1 << 30)
+    logger.update(model_config([("iris", tmp_path, tmp_path / "iris", 1.0)]))
+    start = int(time.time())
+    for api, _, request, answer in cases:
+        logger.log(api, spec, 7, request.SerializeToString(), answer.SerializeToString())  # gRPC: bytes
+        logger.log(api, spec, 7, request, answer)  # protos
+    inputs = {name: np.array([value], np.float32) for name, value in zip(c.FEATURE_KEYS, SETOSA)}
+    logger.log_predict_arrays(spec, 7, inputs, {c.PROBABILITIES_OUTPUT: np.array([[0.9, 0.05, 0.05]], np.float32)})
+    logger.close()
+    end = int(time.time())
+    (path,) = request_logs.log_files(str(tmp_path / "iris"))
+    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+    assert len(logs) == 2 * len(cases) + 1
+    for log in logs:
+        assert start <= log.log_metadata.timestamp_secs <= end
+    versioned = model_pb2.ModelSpec(name="iris", signature_name=c.SERVING_SIGNATURE)
+    versioned.version.value = 7
+    rest_request = predict_pb2.PredictRequest(model_spec=versioned)  # REST's arrays, as the server encodes them
+    for name, array in inputs.items():
+        ndarray_to_proto(array, rest_request.inputs[name])
+    rest_response = predict_pb2.PredictResponse(model_spec=versioned)
+    ndarray_to_proto(np.array([[0.9, 0.05, 0.05]], np.float32), rest_response.outputs[c.PROBABILITIES_OUTPUT])
+    expected = [message_built(field, spec, 7, 1.0, request, answer, logs[0].log_metadata.timestamp_secs)
+                for _, field, request, answer in cases for _ in range(2)]
+    expected.append(message_built("predict_log", spec, 7, 1.0, rest_request, rest_response,
+                                  logs[0].log_metadata.timestamp_secs))
+    for log, want in zip(logs, expected):
+        log.log_metadata.timestamp_secs = want.log_metadata.timestamp_secs
+        assert str(log) == str(want), log.WhichOneof("log_type")
 
 
 def test_bad_logging_config_and_flags_are_refused_with_one_line(tmp_path):
