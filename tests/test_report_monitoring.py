@@ -266,3 +266,50 @@ def test_report_with_a_monitor_result_opens_offline_with_every_picture(pipeline_
     assert console == ""
     assert re.search(r"could not be read in full:</b><ul><li>\S+20260102T110000Z/result\.json: cannot be read", dom)
     assert not any(name.startswith("monitor-") for name in _figures_in(dom)) and "Model blessed" in dom
+
+
+@pytest.mark.e2e
+def test_a_real_monitor_result_renders_in_the_runs_report(pipeline_run, pushed_model, tmp_path):
+    """A real server over the session run's model logs Fisher's rows with the widths +50%; the real `iris-tfx
+    monitor` judges them and rewrites that run's report, which Chromium opens offline with the section's pictures."""
+    from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+    from serving import harness
+    from serving.client import IrisClient
+    from tensorflow_serving.config import model_server_config_pb2
+    workdir, run_id, _ = _copy_of_run(pipeline_run, tmp_path)
+    (workdir / "reports").mkdir()
+    shutil.copy(pipeline_run.workdir / "reports" / f"{run_id}.html", workdir / "reports")  # monitor rewrites it
+    version = int(pushed_model.name)
+    harness.copy_version(pushed_model, tmp_path / "models", version)
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add(name=constants.MODEL_NAME, base_path=str(tmp_path / "models"),
+                                                model_platform="tensorflow")
+    model.logging_config.log_collector_config.filename_prefix = str(tmp_path / "logs" / "iris")
+    model.logging_config.sampling_config.sampling_rate = 1.0
+    (tmp_path / "models.config").write_text(text_format.MessageToString(config))
+    rows = pd.read_csv(IRIS_CSV)[list(constants.FEATURE_KEYS)]
+    for name in WIDTHS:
+        rows[name] *= 1.5
+    server = harness.ServerProcess([f"--model_config_file={tmp_path / 'models.config'}"], tmp_path / "server.log")
+    try:
+        with IrisClient(server.wait_ready().grpc_target, timeout=60) as client:
+            assert len(client.predict(rows.to_dict("records"))) == len(rows)
+    finally:
+        assert server.stop() == 0, server.log()
+
+    result = iris_tfx("monitor", "--logs", str(tmp_path / "logs" / "iris"), "--workdir", str(workdir))
+    assert result.returncode == 1, result.stdout + result.stderr  # skew found
+    page = workdir / "reports" / f"{run_id}.html"
+    assert f"Report: {page}" in result.stdout and not _URL.search(page.read_text())
+    dom, console = _chromium(page, tmp_path, "--dump-dom")
+    assert console == "", console
+    drawn = _figures_in(dom)
+    assert {name: ok for name, ok in drawn.items() if name.startswith("monitor-")} == {
+        **{report_monitoring.figure_name(name): True for name in constants.FEATURE_KEYS}, "monitor-species": True}
+    assert all(drawn.values()) and "could not be read" not in dom
+    section = re.search(r'<section id="monitoring">.*?</section>', dom, re.S).group(0)
+    assert f"version <b>{version}</b>" in section and "Skew or drift found: <b>yes</b>" in section
+    for name in constants.FEATURE_KEYS:
+        row = re.search(rf"<tr><td>{name}</td>(.*?)</tr>", section).group(1)
+        assert re.findall(r'<td class="(pass|fail)">', row)[0] == ("fail" if name in WIDTHS else "pass"), row
+    assert re.search(r"training \(\d+\)", section) and "serving (150)" in section  # train split vs traffic
