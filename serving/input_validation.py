@@ -187,22 +187,19 @@ class Bounds:
 
     def check_decoded(self, batch) -> List[Violation]:
         """Examples decoded by tfx_bsl (a pyarrow RecordBatch: one list<float> column per feature)."""
-        n = batch.num_rows
-        values, lengths = [], []
-        for name in self.names:
-            i = batch.schema.get_field_index(name)
-            if i < 0:  # in no example
-                values.append(np.zeros(0))
-                lengths.append(np.zeros(n, dtype=np.int64))
-                continue
-            offsets = batch.column(i).offsets.to_numpy()
-            values.append(batch.column(i).values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]])
-            lengths.append(np.diff(offsets))
-        if n and all((length == 1).all() for length in lengths):  # one value per feature, the usual case
-            return self.check_matrix(np.column_stack(values))
+        columns = dict(zip(batch.schema.names, batch.columns))
+        values = [columns[n].values.to_numpy(zero_copy_only=False) if n in columns else np.zeros(0)
+                  for n in self.names]
+        sizes = [len(v) for v in values]
+        flat = np.concatenate(values)
+        if ((flat >= np.repeat(self.lo, sizes)) & (flat <= np.repeat(self.hi, sizes))).all():
+            return []  # the common case: every value in bounds, wherever it is
         found: List[Violation] = []
-        for j, (v, length) in enumerate(zip(values, lengths)):
-            found += self.check_values(j, v, np.repeat(np.arange(n), length))
+        for j, name in enumerate(self.names):
+            if name in columns:  # each value's example, from the list offsets
+                offsets = columns[name].offsets.to_numpy()
+                found += self.check_values(j, values[j][offsets[0]:offsets[-1]],
+                                           np.repeat(np.arange(batch.num_rows), np.diff(offsets)))
         return sorted(found, key=lambda v: (v.example, self.index[v.feature]))
 
 
