@@ -296,6 +296,24 @@ def request_logging(args, harness, base: str, work: str, run, t1: float) -> None
     print(f"request log: {logged:,} bytes in {len(os.listdir(log_dir))} files", flush=True)
 
 
+def check_cost(model_dir: str, n: int, seconds: float = 2.0) -> float:
+    """Median seconds of the input check (--input_validation=warn) of one request of n in-bounds examples."""
+    import numpy as np
+    from components import constants as c
+    from serving import loader
+    from serving.servable import session_config
+    servable, _ = loader.load("iris", 1, model_dir, loader.LoaderOptions(session_config(1, 1), input_validation="warn"))
+    examples, times = np.array(_examples(n), dtype=object), []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        inputs = {c.EXAMPLES_INPUT: examples.copy()}  # a new array, as each request has
+        start = time.perf_counter()
+        servable.validator.check(c.SERVING_SIGNATURE, inputs)
+        times.append(time.perf_counter() - start)
+    servable.unload()
+    return float(np.median(times))
+
+
 def input_validation_rows(args, harness, base: str, work: str, run, t1: float, rounds: int = 4) -> None:
     """Predict at concurrency 8 (in-bounds values) against two servers of the same version, --input_validation=off
     and =warn (the default), alternated `rounds` times so both see the same machine load."""
@@ -303,6 +321,9 @@ def input_validation_rows(args, harness, base: str, work: str, run, t1: float, r
     if not os.path.exists(os.path.join(base, "1", c.ASSETS_EXTRA, c.SCHEMA_ASSET)):
         print("validation rows: skipped (the model carries no assets.extra/schema.pbtxt)", flush=True)
         return
+    print(f"in-process input check (warn, in bounds): 1 example {check_cost(os.path.join(base, '1'), 1) * 1e6:.1f} us; "
+          f"{args.batch_examples} examples {check_cost(os.path.join(base, '1'), args.batch_examples) * 1e6:.1f} us",
+          flush=True)
     servers = {}
     try:
         for mode in ("off", "warn"):
