@@ -6,10 +6,15 @@ import html
 import json
 import os
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
+
+import numpy as np
 
 from components import constants
 from pipeline import report_figures as figures
+
+if TYPE_CHECKING:  # annotations only: TFDV and its protos are imported where used (slow imports)
+    from tensorflow_metadata.proto.v0 import statistics_pb2
 
 RESULT_FILE = "result.json"
 _STAMP = re.compile(r"\d{8}T\d{6}Z")  # the result directories' names, %Y%m%dT%H%M%SZ: sorted by name = by time
@@ -74,7 +79,8 @@ def read(workdir: str, run_id: str) -> Optional[Monitoring]:
         mix = _field(monitoring.result, "species_mix", dict)
         monitoring.species = _optional(mix, None, "species_mix")
         monitoring.species_drift = _optional(mix, "drift", "species_mix drift")
-        monitoring.mixes = {side: {str(k): float(v) for k, v in _field(mix, side, dict).items()}
+        monitoring.mixes = {side: {str(k): float(_field(shares, k, (int, float), f"species_mix {side}"))
+                                   for shares in [_field(mix, side, dict)] for k in shares}
                             for side in ("training", "serving")}
     except ResultError as error:
         monitoring.problems.append(str(error))
@@ -91,6 +97,7 @@ def read(workdir: str, run_id: str) -> Optional[Monitoring]:
 
 
 def _load_json(path: str) -> Dict[str, Any]:
+    """The JSON object in the file, or a ResultError saying why not."""
     try:
         with open(path, encoding="utf-8") as f:
             loaded = json.load(f)
@@ -122,12 +129,14 @@ def _optional(record: Mapping[str, Any], key: Optional[str], where: str) -> Opti
 
 
 def _comparison(record: Mapping[str, Any], where: str) -> Comparison:
+    """{"distance", "threshold", "found"} as a Comparison (a ResultError naming `where` if a field is wrong)."""
     number = (int, float)
     return Comparison(float(_field(record, "distance", number, where)),
                       float(_field(record, "threshold", number, where)), bool(_field(record, "found", bool, where)))
 
 
 def _feature(record: Any) -> FeatureResult:
+    """One entry of result.json's "features"."""
     if not isinstance(record, dict):
         raise ResultError(f"{RESULT_FILE}: a 'features' entry is {record!r}, expected an object")
     name = _field(record, "name", str, "features")
@@ -136,7 +145,7 @@ def _feature(record: Any) -> FeatureResult:
                          int(_field(record, "out_of_domain", int, where)), _field(record, "verdict", str, where))
 
 
-def _statistics(monitoring: Monitoring, key: str):
+def _statistics(monitoring: Monitoring, key: str) -> Optional["statistics_pb2.DatasetFeatureStatistics"]:
     """A DatasetFeatureStatistics (the first dataset) named by result.json (relative to the result directory or a
     URI), or None with a note."""
     import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top  (slow import)
@@ -156,7 +165,7 @@ def _statistics(monitoring: Monitoring, key: str):
     return statistics.datasets[0]
 
 
-def _histogram(statistics, feature: str) -> Optional[figures.Histogram]:
+def _histogram(statistics: "statistics_pb2.DatasetFeatureStatistics", feature: str) -> Optional[figures.Histogram]:
     """TFDV's equi-width histogram of the feature (the one its Jensen-Shannon divergence compares), else its
     quantiles histogram; None when the statistics have neither."""
     from tensorflow_metadata.proto.v0 import statistics_pb2  # pylint: disable=g-import-not-at-top
@@ -167,7 +176,6 @@ def _histogram(statistics, feature: str) -> Optional[figures.Histogram]:
     chosen = by_type.get(statistics_pb2.Histogram.STANDARD) or by_type.get(statistics_pb2.Histogram.QUANTILES)
     if chosen is None:
         return None
-    import numpy as np  # pylint: disable=g-import-not-at-top
     return figures.Histogram(np.array([b.low_value for b in chosen.buckets]),
                              np.array([b.high_value for b in chosen.buckets]),
                              np.array([b.sample_count for b in chosen.buckets]))
@@ -218,6 +226,7 @@ def build_figures(monitoring: Monitoring) -> Dict[str, str]:
 
 
 def _words(comparison: Optional[Comparison], measure: str) -> str:
+    """A figure's verdict in its title, e.g. "JSD 0.731 > 0.1"."""
     if comparison is None:
         return "not checked"
     return f"{measure} {comparison.distance:.3g} {'>' if comparison.found else '<='} {comparison.threshold:g}"
@@ -228,8 +237,9 @@ def section(monitoring: Monitoring, figure: Callable[[str], str]) -> str:
     e = lambda text: html.escape(str(text))  # noqa: E731
     r = monitoring.result
     parts = ['<section id="monitoring"><h2>Monitoring</h2>',
-             f"<p>The newest of {monitoring.results} monitor result{'s' if monitoring.results != 1 else ''} of this "
-             f"run: <code>{e(monitoring.directory)}</code></p>"]
+             ("<p>The monitor result of this run" if monitoring.results == 1 else
+              f"<p>The newest of {monitoring.results} monitor results of this run")
+             + f": <code>{e(monitoring.directory)}</code></p>"]
     if monitoring.problems:
         parts.append('<div class="outcome bad"><b>This monitor result could not be read in full:</b><ul>'
                      + "".join(f"<li>{e(p)}</li>" for p in monitoring.problems) + "</ul></div>")
@@ -238,9 +248,11 @@ def section(monitoring: Monitoring, figure: Callable[[str], str]) -> str:
     window, model = r.get("window") or {}, r.get("model") or {}
     parts.append(f"<p>Checked {e(r.get('created', '?'))}: traffic logged from {e(window.get('first', '?'))} to "
                  f"{e(window.get('last', '?'))}" + (f" (since {e(r['since'])})" if r.get("since") else "")
-                 + f", {e(r.get('records', '?'))} logged records holding {e(r.get('examples', '?'))} examples, "
+                 + f", {e(r.get('records', '?'))} logged request(s) holding {e(r.get('examples', '?'))} examples, "
                  f"answered by model <b>{e(model.get('name', '?'))}</b> version <b>{e(model.get('version', '?'))}"
-                 f"</b>. Skew: against this run's training split; drift: against the previous window.</p>")
+                 "</b>. Skew: against this run's training split; drift: against the previous window of the same "
+                 "length" + ("" if any(f.drift for f in monitoring.features) else
+                             " (not checked: it needs --since and traffic logged before that window)") + ".</p>")
     found = bool(r.get("found"))
     parts.append(f'<div class="outcome {"bad" if found else "good"}">Skew or drift found: <b>{"yes" if found else "no"}'
                  "</b></div>")

@@ -140,6 +140,7 @@ def test_section_draws_each_feature_and_the_species_mix(workdir):
         checks = re.findall(r'<td class="(pass|fail)">', rows[name])
         assert checks == (["fail", "fail"] if name in WIDTHS else ["pass", "pass"]), (name, rows[name])
     assert "Skew or drift found: <b>yes</b>" in section and "version <b>1767225600</b>" in section
+    assert "The newest of 2 monitor results of this run: <code>" in section and "(not checked:" not in section
     assert re.search(r"Anomalies \(TFDV[^<]*</p><pre>petal_width: [^<]*\nsepal_width: ", section)
 
 
@@ -258,7 +259,8 @@ def test_report_with_a_monitor_result_opens_offline_with_every_picture(pipeline_
         **{report_monitoring.figure_name(name): True for name in constants.FEATURE_KEYS}, "monitor-species": True}
     assert all(drawn.values()) and "Skew or drift found: <b>yes</b>" in dom
     assert len(re.findall(r'<td class="fail">FAIL</td>', dom)) == len(WIDTHS)  # drift: not checked (no previous)
-    assert dom.count("not checked") == len(constants.FEATURE_KEYS) + 1
+    assert dom.count('<td colspan="3">not checked</td>') == len(constants.FEATURE_KEYS) + 1
+    assert "(not checked: it needs --since and traffic logged before that window)" in dom
 
     (results / "20260102T110000Z").mkdir()  # a newer result whose monitor died before writing anything
     page = pathlib.Path(report.write_report(str(workdir), run_id))
