@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from components import constants, request_logs
 
@@ -58,35 +58,55 @@ def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
 
 @dataclasses.dataclass
 class Traffic:
-    """One model version's logged traffic in a window: its examples' features (Arrow batches, as TFDV reads data)
-    and the species predicted for each example (None where the response says none, e.g. Regress)."""
+    """One model version's logged traffic in a window: its examples (serialized tf.Examples and raw feature values,
+    kept as logged and decoded together at the end) and the species predicted for each (None where the response
+    says none, e.g. Regress)."""
     model: str
     version: int
     records: int = 0
     first: Optional[float] = None  # seconds since the epoch of the oldest record
     last: Optional[float] = None
-    batches: List["pa.RecordBatch"] = dataclasses.field(default_factory=list)
-    predicted: List[Optional[str]] = dataclasses.field(default_factory=list)
+    serialized: List[bytes] = dataclasses.field(default_factory=list)
+    raw: Dict[str, List[Optional[List[float]]]] = dataclasses.field(default_factory=dict)  # one row per example
+    raw_rows: int = 0
+    predicted_serialized: List[Optional[str]] = dataclasses.field(default_factory=list)
+    predicted_raw: List[Optional[str]] = dataclasses.field(default_factory=list)
 
     @property
     def examples(self) -> int:
-        return len(self.predicted)
+        return len(self.serialized) + self.raw_rows
 
-    def add(self, timestamp: float, batch: "pa.RecordBatch", predicted: List[Optional[str]]) -> None:
+    @property
+    def predicted(self) -> List[Optional[str]]:
+        """The predicted species of each example, in record_batch()'s row order."""
+        return self.predicted_serialized + self.predicted_raw
+
+    def add(self, timestamp: float, parsed: "Parsed") -> None:
         """One record's examples and predictions."""
         self.records += 1
         self.first = timestamp if self.first is None else min(self.first, timestamp)
         self.last = timestamp if self.last is None else max(self.last, timestamp)
-        if batch.num_rows:
-            self.batches.append(batch)
-            self.predicted += (predicted + [None] * batch.num_rows)[:batch.num_rows]
+        if parsed.serialized:
+            self.serialized += parsed.serialized
+            self.predicted_serialized += _aligned(parsed.predicted, len(parsed.serialized))
+        rows = min((len(a) for a in parsed.raw.values()), default=0)
+        if rows:
+            for name in set(self.raw) | set(parsed.raw):
+                values = parsed.raw[name][:rows].tolist() if name in parsed.raw else [None] * rows
+                self.raw.setdefault(name, [None] * self.raw_rows).extend(values)
+            self.raw_rows += rows
+            self.predicted_raw += _aligned(parsed.predicted, rows)
 
     def record_batch(self) -> "pa.RecordBatch":
-        """All examples as one batch: the inputs' features (a label sent in the request dropped) and `species`,
-        the PREDICTED species, so TFDV compares the predicted mix with the training label mix."""
+        """All examples as one Arrow batch, as TFDV reads data: the inputs' features (a label sent in the request
+        dropped) and `species`, the PREDICTED species, so TFDV compares the predicted mix with the label mix."""
         import pyarrow as pa  # pylint: disable=g-import-not-at-top
-        table = pa.concat_tables([pa.Table.from_batches([_numbers_as_floats(b)]) for b in self.batches],
-                                 promote=True)
+        floats = pa.large_list(pa.float32())
+        tables = [pa.Table.from_batches([_numbers_as_floats(_examples_batch(self.serialized))])] \
+            if self.serialized else []
+        if self.raw_rows:
+            tables.append(pa.table({name: pa.array(rows, floats) for name, rows in self.raw.items()}))
+        table = pa.concat_tables(tables, promote=True)
         if constants.LABEL_KEY in table.column_names:
             table = table.drop([constants.LABEL_KEY])
         species = pa.array([None if s is None else [s.encode()] for s in self.predicted],
@@ -95,9 +115,22 @@ class Traffic:
         return table.to_batches()[0]
 
 
+class Parsed(NamedTuple):
+    """One logged request's examples: serialized tf.Examples, or raw feature values by name ([rows, values]),
+    and the species predicted for each."""
+    serialized: List[bytes]
+    raw: Dict[str, Any]
+    predicted: List[Optional[str]]
+
+
+def _aligned(predicted: List[Optional[str]], rows: int) -> List[Optional[str]]:
+    """One prediction per example (None for those the response has none for)."""
+    return (predicted + [None] * rows)[:rows]
+
+
 def _numbers_as_floats(batch: "pa.RecordBatch") -> "pa.RecordBatch":
-    """Numeric columns as lists of float32, as the schema's FLOAT features are, so an int64_list or a float64 tensor
-    sent for a measurement joins the other requests' values (and TFDV sees one type per feature)."""
+    """Numeric columns as lists of float32, as the schema's FLOAT features are, so an int64_list sent for a
+    measurement joins the other requests' values (and TFDV sees one type per feature)."""
     import pyarrow as pa  # pylint: disable=g-import-not-at-top
     floats = pa.large_list(pa.float32())
     arrays = [a.cast(floats) if pa.types.is_integer(a.type.value_type) or pa.types.is_floating(a.type.value_type)
@@ -148,35 +181,32 @@ def _predicted_by_predict(outputs) -> List[Optional[str]]:
     return []
 
 
-def parse_log(log: "prediction_log_pb2.PredictionLog") -> Tuple["pa.RecordBatch", List[Optional[str]]]:
-    """One logged request/response: its examples' features (serialized tf.Examples and raw feature tensors alike)
-    and the species predicted for each."""
+def parse_log(log: "prediction_log_pb2.PredictionLog") -> Parsed:
+    """One logged request/response: its examples (serialized tf.Examples, or raw feature tensors) and the species
+    predicted for each."""
     import numpy as np  # pylint: disable=g-import-not-at-top
-    import pyarrow as pa  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
         inputs = log.predict_log.request.inputs
         predicted = _predicted_by_predict(log.predict_log.response.outputs)
         if constants.EXAMPLES_INPUT in inputs:
-            return _examples_batch(list(inputs[constants.EXAMPLES_INPUT].string_val)), predicted
+            return Parsed(list(inputs[constants.EXAMPLES_INPUT].string_val), {}, predicted)
         arrays = {name: np.atleast_1d(tf.make_ndarray(tensor)) for name, tensor in inputs.items()}
-        rows = min((len(a) for a in arrays.values()), default=0)  # raw inputs: one row per example, [n] or [n, 1]
-        columns = {name: pa.array(a[:rows].reshape(rows, -1).astype("float32").tolist(),
-                                  pa.large_list(pa.float32()))
-                   for name, a in arrays.items() if a.dtype.kind in "fiu"}
-        return pa.RecordBatch.from_pydict(columns) if columns else pa.RecordBatch.from_pydict({}), predicted
+        raw = {name: a.reshape(len(a), -1).astype("float32")  # one row per example, [n] or [n, 1]
+               for name, a in arrays.items() if a.dtype.kind in "fiu"}
+        return Parsed([], raw, predicted)
     if kind == "classify_log":
-        return (_examples_batch(_input_examples(log.classify_log.request.input)),
-                _classified(log.classify_log.response.result.classifications))
+        return Parsed(_input_examples(log.classify_log.request.input), {},
+                      _classified(log.classify_log.response.result.classifications))
     if kind == "regress_log":
-        return _examples_batch(_input_examples(log.regress_log.request.input)), []
+        return Parsed(_input_examples(log.regress_log.request.input), {}, [])
     if kind == "multi_inference_log":
         results = [r.classification_result.classifications for r in log.multi_inference_log.response.results
                    if r.HasField("classification_result")]
-        return (_examples_batch(_input_examples(log.multi_inference_log.request.input)),
-                _classified(results[0]) if results else [])
-    return pa.RecordBatch.from_pydict({}), []
+        return Parsed(_input_examples(log.multi_inference_log.request.input), {},
+                      _classified(results[0]) if results else [])
+    return Parsed([], {}, [])
 
 
 def _records(prefix: str, start: Optional[datetime.datetime]) -> Iterator[bytes]:
@@ -189,10 +219,10 @@ def _records(prefix: str, start: Optional[datetime.datetime]) -> Iterator[bytes]
         later = [p for p in files[index + 1:] if writer[p] == writer[path]]
         if start is not None and later and request_logs.file_time(later[0]) < start:
             continue
-        try:
-            yield from tf.data.TFRecordDataset(path).as_numpy_iterator()
+        try:  # TF's CRC-checked record reader without tf.data's eager cost per element (about 1 ms a record)
+            yield from tf.compat.v1.io.tf_record_iterator(path)
         except tf.errors.DataLossError:  # a torn tail (a server killed mid-write): the whole records before it count
-            continue
+            _log.warning("%s: stopped at a torn or corrupt record", path)
 
 
 def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[datetime.datetime] = None,
@@ -211,12 +241,12 @@ def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[
         key = (spec.name, spec.version.value)
         traffic = found.setdefault(key, Traffic(model=key[0], version=key[1]))
         try:
-            batch, predicted = parse_log(log)
+            parsed = parse_log(log)
         except Exception as e:  # noqa: BLE001 - one malformed logged request must not hide all the others
             _log.warning("%s: skipped a logged request of model %s version %d that cannot be read: %s", prefix,
                          key[0], key[1], e)
             continue
-        traffic.add(timestamp, batch, predicted)
+        traffic.add(timestamp, parsed)
     return found
 
 

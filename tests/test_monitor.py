@@ -48,13 +48,22 @@ def column(batch, name: str) -> list:
     return [None if v is None else v[0] for v in batch.column(name).to_pylist()]
 
 
+def read(*logs: prediction_log_pb2.PredictionLog):
+    """The logs' examples as the batch TFDV gets, and their predicted species."""
+    traffic = monitor.Traffic("iris", 1)
+    for log in logs:
+        traffic.add(0, monitor.parse_log(log))
+    batch = traffic.record_batch()
+    return batch, [None if s is None else s.decode() for s in column(batch, c.LABEL_KEY)]
+
+
 # --- reading logs, no server ---------------------------------------------------------------------------------------
 def test_predict_logs_with_raw_features_or_examples_read_alike():
     raw = prediction_log_pb2.PredictionLog()
     for k in c.FEATURE_KEYS:
         raw.predict_log.request.inputs[k].CopyFrom(tf.make_tensor_proto([r[k] for r in ROWS[:2]], tf.float32))
     raw.predict_log.response.outputs[c.PREDICTED_OUTPUT].CopyFrom(tf.make_tensor_proto([b"setosa", b"virginica"]))
-    batch, predicted = monitor.parse_log(raw)
+    batch, predicted = read(raw)
     assert column(batch, "sepal_length") == pytest.approx([5.1, 4.9]) and predicted == ["setosa", "virginica"]
 
     examples = prediction_log_pb2.PredictionLog()
@@ -63,10 +72,13 @@ def test_predict_logs_with_raw_features_or_examples_read_alike():
     outputs = examples.predict_log.response.outputs  # no `species` output: the class of highest probability
     outputs[c.PROBABILITIES_OUTPUT].CopyFrom(tf.make_tensor_proto([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0, 0, 1.0]]))
     outputs[c.CLASSES_OUTPUT].CopyFrom(tf.make_tensor_proto([[s.encode() for s in c.CLASS_NAMES]] * 3))
-    batch, predicted = monitor.parse_log(examples)
+    batch, predicted = read(examples)
     assert column(batch, "sepal_length") == pytest.approx([5.1, 4.9, None], nan_ok=True)
     assert column(batch, "sepal_width") == pytest.approx([3.5, 3.0, 3.0])
     assert predicted == ["versicolor", "setosa", "virginica"]
+    batch, predicted = read(raw, examples, raw)  # one batch for TFDV, each example beside its prediction
+    assert column(batch, "petal_length") == pytest.approx([1.4, 1.4, None, 1.4, 1.4, 1.4, 1.4], nan_ok=True)
+    assert predicted == ["versicolor", "setosa", "virginica"] + ["setosa", "virginica"] * 2
 
 
 def test_classify_and_multi_inference_logs_merge_the_context_and_take_the_best_class():
@@ -79,7 +91,7 @@ def test_classify_and_multi_inference_logs_merge_the_context_and_take_the_best_c
         classification = log.classify_log.response.result.classifications.add()
         for name, score in zip(c.CLASS_NAMES, scores):
             classification.classes.add(label=name, score=score)
-    batch, predicted = monitor.parse_log(log)
+    batch, predicted = read(log)
     assert column(batch, "sepal_length") == pytest.approx([5.0, 6.0])  # the example's own value wins
     assert column(batch, "petal_length") == pytest.approx([4.0, 4.0]) and predicted == ["versicolor", "setosa"]
 
@@ -87,7 +99,7 @@ def test_classify_and_multi_inference_logs_merge_the_context_and_take_the_best_c
     multi.multi_inference_log.request.input.example_list.examples.add().CopyFrom(example(ROWS[0]))
     result = multi.multi_inference_log.response.results.add()
     result.classification_result.CopyFrom(log.classify_log.response.result)
-    batch, predicted = monitor.parse_log(multi)
+    batch, predicted = read(multi)
     assert column(batch, "petal_width") == pytest.approx([0.2]) and predicted[0] == "versicolor"
 
 
