@@ -177,6 +177,25 @@ def test_comparisons_not_measured_say_not_checked(workdir):
     assert 'id="figure-monitor-species"' in section and "sepal_length: not checked" in section
 
 
+def test_quantiles_stand_in_for_a_missing_equi_width_histogram(workdir, statistics):
+    """Statistics without TFDV's equi-width histogram (e.g. made with other options) are drawn from the quantiles."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2  # pylint: disable=g-import-not-at-top
+    serving = statistics_pb2.DatasetFeatureStatisticsList()
+    serving.CopyFrom(statistics["shifted"])
+    for feature in serving.datasets[0].features:
+        kept = [h for h in feature.num_stats.histograms if h.type == statistics_pb2.Histogram.QUANTILES]
+        del feature.num_stats.histograms[:]
+        feature.num_stats.histograms.extend(kept)
+    newest = workdir / constants.MONITORING_DIR / RUN_ID / "20260102T100000Z"
+    (newest / "serving_statistics.pb").write_bytes(serving.SerializeToString())
+    monitoring = report_monitoring.read(str(workdir), RUN_ID)
+    drawn = monitoring.histograms["petal_length"]["serving"]
+    quantiles = next(f for f in serving.datasets[0].features if f.path.step == ["petal_length"]).num_stats.histograms[0]
+    assert drawn.lows.tolist() == [b.low_value for b in quantiles.buckets] and drawn.counts.sum() == pytest.approx(150)
+    assert len(set(np.round(drawn.highs - drawn.lows, 6))) > 1  # not equi-width
+    assert len(monitoring.histograms["petal_length"]["training"].counts) == 10 and monitoring.problems == []
+
+
 def test_a_run_never_monitored_has_no_section(tmp_path):
     (tmp_path / constants.MONITORING_DIR / RUN_ID / "not-a-stamp").mkdir(parents=True)
     assert report_monitoring.read(str(tmp_path), RUN_ID) is None
