@@ -22,7 +22,9 @@ from serving.errors import invalid
 log = logging.getLogger(__name__)
 SERVING_ENVIRONMENT = "SERVING"
 MODES = ("off", "warn", "reject")
-EXAMPLES, COLUMN = "examples", "column"  # how a signature input carries features: serialized tf.Examples, or one
+# How a signature input carries features: serialized tf.Examples (checked here, or in the model's Session run:
+# GRAPH), or one feature's values (COLUMN).
+EXAMPLES, GRAPH, COLUMN = "examples", "graph", "column"
 SMALL_REQUEST_EXAMPLES = 8  # up to this many serialized examples are parsed with protobuf, more with tfx_bsl
 LOG_INTERVAL_SECONDS = 60.0  # warn: one log line per (model, feature) per this many seconds
 _FLOAT_MAX = float(np.finfo(np.float64).max)
@@ -115,6 +117,11 @@ class Bounds:
 
     def __bool__(self) -> bool:
         return bool(self.names)
+
+    def float32(self) -> Tuple[np.ndarray, np.ndarray]:
+        """lo and hi as float32, tf.Example's float type: a finite bound beyond float32's range becomes its largest."""
+        big = np.finfo(np.float32).max
+        return tuple(np.where(np.isinf(x), x, np.clip(x, -big, big)).astype(np.float32) for x in (self.lo, self.hi))
 
     def check_matrix(self, matrix: np.ndarray) -> List[Violation]:
         """Values [examples, features], in the order of self.names; [] when all in bounds."""
@@ -249,12 +256,13 @@ class ExampleChecker:
         return self.bounds.check_decoded(self._decoder.DecodeBatch(list(serialized)))
 
 
-Plan = Tuple[Tuple[str, str], ...]  # a signature's checked inputs: (alias, EXAMPLES or COLUMN)
+Plan = Tuple[Tuple[str, str], ...]  # a signature's checked inputs: (alias, EXAMPLES, GRAPH or COLUMN)
 
 
 class InputValidator:
-    """One loaded version's check of every request's inputs (Servable.run calls `check`): warn counts and logs,
-    reject answers INVALID_ARGUMENT naming the first value out of bounds."""
+    """One loaded version's check of every request's inputs (Servable.run calls `check` before the Session run and
+    `check_flagged` after it, for examples checked in the graph): warn counts and logs, reject answers
+    INVALID_ARGUMENT naming the first value out of bounds."""
 
     def __init__(self, model: str, bounds: Bounds, mode: str, plans: Mapping[str, Plan],
                  check_examples: Callable[[np.ndarray], List[Violation]], reporter: Reporter):
@@ -266,6 +274,7 @@ class InputValidator:
         self._last = threading.local()  # the examples array this thread checked last (MultiInference's tasks share it)
 
     def check(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> None:
+        """Raw-feature arrays, and serialized examples not checked in the graph."""
         plan = self.plans.get(signature_name)
         if plan is None:
             return
@@ -273,21 +282,35 @@ class InputValidator:
         columns = {}
         for alias, kind in plan:
             array = inputs.get(alias)
-            if array is None:
+            if array is None or kind == GRAPH:
                 continue
             if kind == COLUMN:
                 columns[alias] = array
-                continue
-            last = getattr(self._last, "ref", None)
-            if last is not None and last() is array:  # another task of the same MultiInference: checked once
-                continue
-            self._last.ref = weakref.ref(array)
-            try:
-                found += self._check_examples(array.ravel())
-            except Exception:  # noqa: BLE001 - not tf.Examples: the model's own parsing answers that
-                continue
+            else:
+                found += self._examples(array)
         if columns:
             found += self.bounds.check_columns(columns)
+        self._found(found)
+
+    def check_flagged(self, signature_name: str, inputs: Mapping[str, np.ndarray], counts: np.ndarray) -> None:
+        """After the Session run: `counts` (per example, values out of bounds, from the graph) are all zero in the
+        common case; otherwise the examples are parsed here to name each value."""
+        if not counts.any():
+            return
+        self._found([v for alias, kind in self.plans[signature_name] if kind == GRAPH and alias in inputs
+                     for v in self._examples(inputs[alias])])
+
+    def _examples(self, array: np.ndarray) -> List[Violation]:
+        last = getattr(self._last, "ref", None)
+        if last is not None and last() is array:  # another task of the same MultiInference: checked once
+            return []
+        self._last.ref = weakref.ref(array)
+        try:
+            return self._check_examples(array.ravel())
+        except Exception:  # noqa: BLE001 - not tf.Examples: the model's own parsing answers that
+            return []
+
+    def _found(self, found: List[Violation]) -> None:
         if found:
             self.reporter.report(self.model, found, self.mode)
             if self.mode == "reject":

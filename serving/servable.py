@@ -11,6 +11,7 @@ from serving.errors import ServingError
 from serving.input_validation import InputValidator
 
 RunKey = Tuple[str, Tuple[str, ...], Tuple[str, ...]]  # (signature name, input aliases, output aliases)
+CHECK_OUTPUT = "__input_check__"  # the extra fetch of a signature whose examples are checked in its Session run
 
 
 class SignatureInfo(NamedTuple):
@@ -41,6 +42,7 @@ class Servable:
         self.signatures: Dict[str, meta_graph_pb2.SignatureDef] = dict(self.meta_graph.signature_def)
         self.signature_info = {name: SignatureInfo.of(sig) for name, sig in self.signatures.items()}
         self._callables: Dict[RunKey, Callable] = {}
+        self._checks: Dict[str, str] = {}  # signature -> tensor name of its in-graph input check (add_input_check)
         self._lock = threading.Lock()
         for sig_name, sig in self.signatures.items():  # build the run callables before serving
             if sig.inputs and sig.outputs:
@@ -57,7 +59,8 @@ class Servable:
         if fn is None:
             sig = self.signatures[key[0]]
             options = config_pb2.CallableOptions(feed=[sig.inputs[a].name for a in key[1]],
-                                                 fetch=[sig.outputs[a].name for a in key[2]])
+                                                 fetch=[self._checks[key[0]] if a == CHECK_OUTPUT else sig.outputs[a].name
+                                                        for a in key[2]])
             with self._lock:
                 # Session._make_callable_from_options is TF_SessionMakeCallable: a pre-pruned step with no
                 # per-call fetch/feed bookkeeping (Session.make_callable with a feed_list redoes it every call).
@@ -77,12 +80,42 @@ class Servable:
             outputs: Sequence[str]) -> Dict[str, np.ndarray]:
         """Check the inputs against the schema's bounds (when validated), feed them (by alias) to the signature, fetch
         the named outputs."""
-        if self.validator is not None:
-            self.validator.check(signature_name, inputs)
-        key: RunKey = (signature_name, tuple(sorted(inputs)), tuple(outputs))
+        validator = self.validator
+        if validator is None:
+            return self._run_key((signature_name, tuple(sorted(inputs)), tuple(outputs)), inputs)
+        validator.check(signature_name, inputs)  # raw-feature arrays (and examples not checked in the graph)
+        if signature_name not in self._checks:
+            return self._run_key((signature_name, tuple(sorted(inputs)), tuple(outputs)), inputs)
+        values = self._run_key((signature_name, tuple(sorted(inputs)), tuple(outputs) + (CHECK_OUTPUT,)), inputs)
+        validator.check_flagged(signature_name, inputs, values.pop(CHECK_OUTPUT))
+        return values
+
+    def _run_key(self, key: RunKey, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         if self._scheduler is not None:
             return self._scheduler.run(key, inputs)
         return self._run_direct(key, inputs)
+
+    def add_input_check(self, signature_name: str, alias: str, names: Sequence[str], lo: np.ndarray,
+                        hi: np.ndarray, nan_ok: np.ndarray) -> None:
+        """Check the serialized tf.Examples of a signature's input in the Session run that answers the request
+        (after the model's outputs, so the model's own errors come first): per example, how many values of the
+        features `names` are outside [lo, hi] (NaN counts unless nan_ok). Where the values are cheapest to get:
+        parsing them in Python costs ~3x more per request (benchmarks/serving_benchmark.py --rows validation)."""
+        sig = self.signatures[signature_name]
+        with self._graph.as_default(), tf.name_scope("input_check"):
+            examples = self._graph.get_tensor_by_name(sig.inputs[alias].name)
+            after = [self._graph.get_tensor_by_name(t.name).op for t in sig.outputs.values()]
+            with tf.control_dependencies(after):
+                parsed = tf.io.parse_example(examples, {n: tf.io.VarLenFeature(tf.float32) for n in names})
+            count = tf.zeros_like(examples, dtype=tf.int32)
+            for j, name in enumerate(names):
+                values = parsed[name].values
+                ok = tf.logical_and(values >= lo[j], values <= hi[j])
+                if nan_ok[j]:
+                    ok = tf.logical_or(ok, tf.math.is_nan(values))
+                count += tf.math.unsorted_segment_sum(tf.cast(tf.logical_not(ok), tf.int32),
+                                                      parsed[name].indices[:, 0], tf.size(examples))
+        self._checks[signature_name] = count.name
 
     def unload(self) -> None:
         """Stop batching; the session is closed when the last in-flight request drops its reference."""

@@ -21,7 +21,7 @@ from components import constants as c
 from serving import client, config, harness as h, input_validation as iv, loader
 from serving.errors import ServingError
 from serving.metrics import UNKNOWN_MODEL, Metrics
-from serving.servable import SignatureInfo
+from serving.servable import SignatureInfo, session_config
 
 SCHEMA = h.REPO / c.DEFAULT_SCHEMA
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -258,6 +258,27 @@ def test_the_pushed_model_carries_the_trainers_schema(pushed_model):
     carried = pushed_model / c.ASSETS_EXTRA / c.SCHEMA_ASSET
     assert carried.is_file()
     assert iv.Bounds.from_file(str(carried)).bounds == iv.Bounds.from_file(str(SCHEMA)).bounds
+
+
+@pytest.mark.e2e
+def test_examples_are_checked_in_the_session_run_that_answers(pushed_model):
+    counted: Dict = {}
+    servable, _ = loader.load("iris", 1, str(pushed_model), loader.LoaderOptions(
+        session_config(1, 1), input_validation="reject", reporter=iv.Reporter(
+            lambda model, feature, n: counted.__setitem__(feature, counted.get(feature, 0) + n))))
+    try:
+        assert (c.EXAMPLES_INPUT, iv.GRAPH) in servable.validator.plans[c.SERVING_SIGNATURE]
+        outputs = [c.PREDICTED_OUTPUT]
+        answer = servable.run(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA, SETOSA)}, outputs)
+        assert list(answer) == outputs and list(answer[c.PREDICTED_OUTPUT]) == [b"setosa"] * 2
+        nan = [5.1, float("nan"), 1.4, 0.2]
+        with pytest.raises(ServingError, match=r"sepal_width = nan is NaN, which the schema disallows \(example 1\)"):
+            servable.run(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA, nan)}, outputs)
+        with pytest.raises(ServingError, match=r"sepal_length = 500 is above the schema's maximum 20.0 \(example 0\)"):
+            servable.run(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(MILLIMETRES)}, outputs)
+        assert counted == {"sepal_length": 1, "sepal_width": 2, "petal_length": 1, "petal_width": 1}
+    finally:
+        servable.unload()
 
 
 @pytest.mark.e2e
