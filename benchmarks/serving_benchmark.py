@@ -14,7 +14,9 @@ row format with 1 and 256 instances; the "trickle" row times fresh `GET /v1/mode
 clients trickle request bodies. --server_repo runs the server of another checkout (e.g. a `git worktree` of an
 older commit) to compare in the same sitting.
 The "log off"/"log on" rows: one server serving the model under two names, one with a `logging_config` at sampling
-1.0 (every request written as a PredictionLog), driven alternately at concurrency 8 (--rows logging: only these).
+1.0 (every request written as a PredictionLog), driven alternately at concurrency 8, --log_rounds times (--rows
+logging: only these). The machine's other load moves req/s by more than logging's cost: compare the server CPU us/req
+of the two rows too, and alternate several times.
 """
 import argparse
 import asyncio
@@ -286,14 +288,19 @@ def request_logging(args, harness, base: str, work: str, run, t1: float) -> None
     server = harness.ServerProcess([f"--model_config_file={path}", "--file_system_poll_wait_seconds=0",
                                     *args.server_arg], os.path.join(work, "server-logging.log"),
                                    repo=args.server_repo).wait_ready(timeout=300)
+    rows: Dict[str, List[Tuple[float, float]]] = {"log off": [], "log on": []}
     try:
         for _ in range(args.log_rounds):
             for label, model in (("log off", "iris"), ("log on", "iris_logged")):
-                run(label, server.proc.pid, server.grpc_target, None, 1, 8, _request_bytes(1, model), t1)
+                rows[label].append(run(label, server.proc.pid, server.grpc_target, None, 1, 8,
+                                       _request_bytes(1, model), t1))
     finally:
         server.stop()
     logged = sum(os.path.getsize(os.path.join(log_dir, f)) for f in os.listdir(log_dir))
     print(f"request log: {logged:,} bytes in {len(os.listdir(log_dir))} files", flush=True)
+    (off_rps, off_cpu), (on_rps, on_cpu) = [[sum(x) / len(x) for x in zip(*rows[k])] for k in ("log off", "log on")]
+    print(f"log on vs off (means of {args.log_rounds}): req/s {(on_rps / off_rps - 1) * 100:+.1f}%, server CPU "
+          f"{on_cpu - off_cpu:+,.0f} us/req ({(on_cpu / off_cpu - 1) * 100:+.1f}%)", flush=True)
 
 
 def check_cost(model_dir: str, n: int, rounds: int = 7) -> float:
@@ -385,7 +392,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{'errors':>6} {'p50/in-proc':>11} {'server CPU us/req':>17}")
 
     def run(label: str, pid: int, target: str, rest_port: Optional[int], n: int, conc: int, payload: bytes,
-            t_in: Optional[float], rest: bool = False) -> None:
+            t_in: Optional[float], rest: bool = False) -> Tuple[float, float]:
+        """One row: prints it, returns (req/s, server CPU us/req)."""
         cpu, ok = _cpu_seconds(pid), _ok_predicts(rest_port) if rest_port else 0
         if rest:
             r = load_h2load_rest(f"http://127.0.0.1:{rest_port}/v1/models/iris:predict", payload, conc, args.seconds)
@@ -399,6 +407,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ratio = f"{r['p50_ms'] / 1e3 / t_in:11.1f}" if t_in else f"{'-':>11}"
         print(f"{label:9} {n:8d} {conc:5d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['rps']:9,.0f} "
               f"{r['rps'] * n:11,.0f} {r['errors']:6d} {ratio} {cpu_us:17,.0f}", flush=True)
+        return r["rps"], cpu_us
 
     if args.rows == "validation":  # only the input-validation rows: Predict at concurrency 8, check off vs warn
         input_validation_rows(args, harness, base, work, run, t1)
