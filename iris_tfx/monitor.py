@@ -1,13 +1,19 @@
 """iris-tfx monitor: skew and drift of the served traffic (the server's request logs) against the training data of
-the model that answered it, with TFDV; exit 1 when found, so a scheduled job can gate a retraining on it."""
+the model that answered it, with TFDV; exit 1 when found, so a scheduled job can gate a retraining on it, and 3 when
+it could not judge (a scheduler retries that one)."""
 import argparse
+import logging
 import os
 import re
+import sys
 
 from components.constants import DEFAULT_WORKDIR
 from iris_tfx import console
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2  # nothing found; skew or drift found; bad input
+# Nothing found; skew or drift found; bad input; no verdict because something failed (ML Metadata unreachable, the
+# statistics unreadable, an internal error): a verdict and bad input repeat on a retry, a failure may not.
+EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+_log = logging.getLogger(__name__)
 _HOST_PORT = re.compile(r"[^\s:]+:\d{1,5}")
 
 
@@ -21,7 +27,9 @@ def host_port(text: str) -> str:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `monitor --logs PREFIX [--workdir DIR | --metadata_grpc HOST:PORT] [--since TIME]`."""
     monitor = subparsers.add_parser(
-        "monitor", help="skew and drift of the logged requests against the model's training data (exit 1 if found)")
+        "monitor", help="skew and drift of the logged requests against the model's training data (exit 1 if found)",
+        description="Exit codes: 0 no skew or drift, 1 skew or drift found, 2 bad input, 3 no verdict because "
+                    "something failed (ML Metadata unreachable, statistics unreadable, an internal error).")
     monitor.add_argument("--logs", required=True, metavar="PREFIX",
                          help="the logging_config filename_prefix the server writes <PREFIX>-*.tfrecord under")
     monitor.add_argument("--workdir", default=DEFAULT_WORKDIR,
@@ -45,6 +53,14 @@ def _monitor(args: argparse.Namespace) -> int:
     except monitor.MonitorError as err:
         console.error(str(err))
         return EXIT_USAGE
+    except monitor.MonitorFailure as err:
+        console.error(f"{err} (no verdict, exit {EXIT_FAILED})")
+        return EXIT_FAILED
+    except Exception as err:  # noqa: BLE001 - an internal error is a failure to judge, not a verdict (exit 1)
+        _log.debug("monitor failed", exc_info=True)
+        console.error(f"monitor failed: {type(err).__name__}: {monitor.first_line(err)} (no verdict, exit "
+                      f"{EXIT_FAILED})")
+        return EXIT_FAILED
     found = False
     for result, directory in results:
         print("\n".join(monitor.verdict_lines(result)))
@@ -53,6 +69,11 @@ def _monitor(args: argparse.Namespace) -> int:
         run_id = result.data["run_id"]
         if not args.metadata_grpc and os.path.exists(PipelineConfig(workdir=args.workdir).report_path(run_id)):
             from pipeline import report  # pylint: disable=g-import-not-at-top
-            print(f"Report: {report.write_report(args.workdir, run_id)}")
+            try:  # the verdict stands without the report: its failure must not become exit 1 or 3
+                print(f"Report: {report.write_report(args.workdir, run_id)}")
+            except Exception as err:  # noqa: BLE001
+                _log.debug("report not written", exc_info=True)
+                print(f"iris-tfx: warning: the report of run {run_id} was not updated: {type(err).__name__}: "
+                      f"{monitor.first_line(err)}", file=sys.stderr)
     print("Skew or drift found (exit 1)." if found else "No skew or drift found.")
     return EXIT_FOUND if found else EXIT_OK

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from components import constants, request_logs
@@ -26,11 +27,19 @@ TRAIN_SPLIT = "train"
 _RELATIVE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # In a log file's name, after its UTC stamp: the writer (`<host>-<pid>`, or `<pid>` in older names) and the file's n.
+# Below this many examples a window still gets its verdict, but its distances say little: random 30-row windows of
+# Fisher's own rows reach a Jensen-Shannon divergence of ~0.2 against his whole table (schema/schema.pbtxt's comment).
+MIN_RELIABLE_EXAMPLES = 100
 _WRITER = re.compile(r"-\d{8}T\d{6}\.\d{6}Z-(.*)-\d+" + re.escape(request_logs.SUFFIX) + "$")
 
 
 class MonitorError(ValueError):
     """Bad input (no logs, nothing in the window, an unknown version, a bad time): one line saying what and where."""
+
+
+class MonitorFailure(RuntimeError):
+    """Neither a verdict nor bad input: something the monitor needs failed (ML Metadata unreachable, the training
+    statistics unreadable), so a retry may succeed; one line saying what failed and where."""
 
 
 def utc_now() -> datetime.datetime:
@@ -250,10 +259,10 @@ def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[
     return found
 
 
-def statistics_of(traffic: Traffic) -> "statistics_pb2.DatasetFeatureStatisticsList":
-    """TFDV's statistics of the traffic, in memory (Arrow's path, as StatisticsGen computes them per batch)."""
+def statistics_of(batch: "pa.RecordBatch") -> "statistics_pb2.DatasetFeatureStatisticsList":
+    """TFDV's statistics of a window's batch, in memory (Arrow's path, as StatisticsGen computes them per batch)."""
     from tensorflow_data_validation.statistics import stats_impl  # pylint: disable=g-import-not-at-top
-    return stats_impl.generate_statistics_in_memory(traffic.record_batch())
+    return stats_impl.generate_statistics_in_memory(batch)
 
 
 # --- the training data, through ML Metadata -----------------------------------------------------------------------
@@ -331,43 +340,64 @@ def _train_statistics(store, examples) -> Optional[Any]:
 
 def find_training(connection, where: str, model: str, version: int) -> TrainingRun:
     """PushedModel (`pushed_version`) -> Pusher -> its Model -> Trainer -> its Examples -> their StatisticsGen
-    output (train split), and the Trainer's Schema; MonitorError saying what is missing and where it looked."""
-    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+    output (train split), and the Trainer's Schema; MonitorError saying what is missing and where it looked,
+    MonitorFailure when ML Metadata or the files it names cannot be read."""
+    from ml_metadata import errors  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
     from tfx.orchestration import metadata  # pylint: disable=g-import-not-at-top
     from components.validation import load_statistics  # pylint: disable=g-import-not-at-top
-    output = metadata_store_pb2.Event.OUTPUT
-    with metadata.Metadata(connection) as m:
-        store = m.store
-        pushed = [a for a in store.get_artifacts_by_type("PushedModel")
-                  if a.custom_properties["pushed_version"].string_value == str(version)
-                  and a.custom_properties["pushed"].int_value == 1]
-        pushers = [e for a in pushed for e in _executions_with(store, a.id, output)]
-        if not pushers:
-            raise MonitorError(f"model {model} version {version} answered the logged requests, but {where} records "
-                               "no push of that version (is it the ML Metadata of the runs that pushed it?)")
-        run_ids = [c.name for c in store.get_contexts_by_execution(pushers[0].id)
-                   if store.get_context_types_by_id([c.type_id])[0].name == "pipeline_run"]
-        models = _inputs(store, pushers[0]).get("model", [])
-        trainers = [t for m_ in models for t in _executions_with(store, m_.id, output)]
-        if not trainers:
-            raise MonitorError(f"model {model} version {version}: {where} has no Trainer execution of its model")
-        trainer_inputs = _inputs(store, trainers[0])
-        statistics = next(filter(None, (_train_statistics(store, e) for e in trainer_inputs.get("examples", []))),
-                          None)
-        schemas = trainer_inputs.get("schema", [])
-        if statistics is None or not schemas:
-            raise MonitorError(f"model {model} version {version}: {where} has no "
-                               f"{'statistics of its training examples' if statistics is None else 'schema'} "
-                               f"(run {run_ids[0] if run_ids else '?'})")
-    by_split = load_statistics(statistics)
+    try:
+        with metadata.Metadata(connection) as m:
+            run_id, statistics, schema = _training_artifacts(m.store, where, model, version)
+    except errors.StatusError as e:
+        raise MonitorFailure(f"cannot read ML Metadata ({where}): {first_line(e)}") from e
+    try:
+        by_split = load_statistics(statistics)
+        schema_proto = tfdv.load_schema_text(os.path.join(schema.uri, SCHEMA_FILE))
+    except (OSError, tf.errors.OpError) as e:
+        raise MonitorFailure(f"model {model} version {version}: cannot read the training statistics ({statistics.uri}"
+                             f") or schema ({schema.uri}) that {where} names: {first_line(e)}") from e
     if TRAIN_SPLIT not in by_split:
         raise MonitorError(f"model {model} version {version}: the statistics at {statistics.uri} have no "
                            f"'{TRAIN_SPLIT}' split")
-    return TrainingRun(run_id=run_ids[0] if run_ids else "unknown-run",
+    return TrainingRun(run_id=run_id,
                        statistics_uri=os.path.join(statistics.uri, f"Split-{TRAIN_SPLIT}", "FeatureStats.pb"),
-                       statistics=by_split[TRAIN_SPLIT],
-                       schema=tfdv.load_schema_text(os.path.join(schemas[0].uri, SCHEMA_FILE)))
+                       statistics=by_split[TRAIN_SPLIT], schema=schema_proto)
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message on one line (TF's and ML Metadata's run to many)."""
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return text.strip().splitlines()[0]
+
+
+def _training_artifacts(store, where: str, model: str, version: int) -> Tuple[str, Any, Any]:
+    """The run id, the train statistics artifact and the schema artifact of a pushed version, from ML Metadata;
+    MonitorError when one is missing."""
+    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+    output = metadata_store_pb2.Event.OUTPUT
+    pushed = [a for a in store.get_artifacts_by_type("PushedModel")
+              if a.custom_properties["pushed_version"].string_value == str(version)
+              and a.custom_properties["pushed"].int_value == 1]
+    pushers = [e for a in pushed for e in _executions_with(store, a.id, output)]
+    if not pushers:
+        raise MonitorError(f"model {model} version {version} answered the logged requests, but {where} records "
+                           "no push of that version (is it the ML Metadata of the runs that pushed it?)")
+    run_ids = [c.name for c in store.get_contexts_by_execution(pushers[0].id)
+               if store.get_context_types_by_id([c.type_id])[0].name == "pipeline_run"]
+    models = _inputs(store, pushers[0]).get("model", [])
+    trainers = [t for m_ in models for t in _executions_with(store, m_.id, output)]
+    if not trainers:
+        raise MonitorError(f"model {model} version {version}: {where} has no Trainer execution of its model")
+    trainer_inputs = _inputs(store, trainers[0])
+    statistics = next(filter(None, (_train_statistics(store, e) for e in trainer_inputs.get("examples", []))), None)
+    schemas = trainer_inputs.get("schema", [])
+    if statistics is None or not schemas:
+        raise MonitorError(f"model {model} version {version}: {where} has no "
+                           f"{'statistics of its training examples' if statistics is None else 'schema'} "
+                           f"(run {run_ids[0] if run_ids else '?'})")
+    return (run_ids[0] if run_ids else "unknown-run"), statistics, schemas[0]
 
 
 # --- the comparison ----------------------------------------------------------------------------------------------
@@ -441,8 +471,9 @@ def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic]
     drift plus the schema's checks of the window itself (the window with the previous one as previous_statistics)."""
     import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
     from components.validation import class_counts  # pylint: disable=g-import-not-at-top
-    serving = statistics_of(traffic)
-    previous_stats = statistics_of(previous) if previous is not None and previous.examples else None
+    batch = traffic.record_batch()  # decoded once: the statistics and the out-of-domain counts read it
+    serving = statistics_of(batch)
+    previous_stats = statistics_of(previous.record_batch()) if previous is not None and previous.examples else None
     skew = tfdv.validate_statistics(training.statistics, training.schema, serving_statistics=serving)
     # The window's own check: the label's "all three species in a split" is a training-split rule, not traffic's.
     window_schema = copy.deepcopy(training.schema)
@@ -459,7 +490,7 @@ def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic]
             anomalies.anomaly_info[name].CopyFrom(info)
     anomalies.drift_skew_info.extend(i for i in window.drift_skew_info if i.drift_measurements)
     skews, drifts = _measurements(anomalies, "skew_measurements"), _measurements(anomalies, "drift_measurements")
-    out_of_domain = _out_of_domain(traffic.record_batch(), training.schema)
+    out_of_domain = _out_of_domain(batch, training.schema)
     features = []
     for name in constants.FEATURE_KEYS:
         s, d = skews.get(name), drifts.get(name)
@@ -488,10 +519,26 @@ def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic]
 
 
 def write_result(result: Result, workdir: str, now: datetime.datetime) -> str:
-    """<workdir>/monitoring/<run id>/<UTC stamp>/ with result.json (last: a reader that finds it finds the rest)."""
+    """<workdir>/monitoring/<run id>/<UTC stamp>/ with result.json, written under a temporary sibling name and
+    renamed when complete, so a reader (which takes only UTC-stamp names) never sees it half written."""
+    import tempfile  # pylint: disable=g-import-not-at-top
+    parent = os.path.join(workdir, constants.MONITORING_DIR, result.data["run_id"])
+    os.makedirs(parent, exist_ok=True)
+    final = os.path.join(parent, now.strftime(STAMP_FORMAT))
+    directory = tempfile.mkdtemp(prefix=f".{now.strftime(STAMP_FORMAT)}-", dir=parent)
+    try:
+        _write_files(result, directory)
+        os.chmod(directory, 0o755)  # mkdtemp's is 0700; the report reader may run as another user
+        os.rename(directory, final)  # fails if a result of the same second exists: never half-replace one
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_files(result: Result, directory: str) -> None:
+    """The result's files into `directory`."""
     from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
-    directory = os.path.join(workdir, constants.MONITORING_DIR, result.data["run_id"], now.strftime(STAMP_FORMAT))
-    os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, result.data["serving_statistics"]), "wb") as f:
         f.write(result.serving.SerializeToString())
     if result.previous is not None:
@@ -499,11 +546,8 @@ def write_result(result: Result, workdir: str, now: datetime.datetime) -> str:
             f.write(result.previous.SerializeToString())
     with open(os.path.join(directory, result.data["anomalies"]), "w", encoding="utf-8") as f:
         f.write(text_format.MessageToString(result.anomalies))
-    temporary = os.path.join(directory, ".result.json")
-    with open(temporary, "w", encoding="utf-8") as f:
+    with open(os.path.join(directory, "result.json"), "w", encoding="utf-8") as f:
         json.dump(result.data, f, indent=1)
-    os.replace(temporary, os.path.join(directory, "result.json"))
-    return directory
 
 
 def _comparison_text(kind: str, comparison: Optional[Dict[str, Any]], measure: str) -> str:
@@ -536,6 +580,9 @@ def verdict_lines(result: Result) -> List[str]:
     lines.append(f"  {'species mix':<13} {_shout(verdict):<12} "
                  f"{_comparison_text('skew', skew, 'L-inf')}; {_comparison_text('drift', mix.get('drift'), 'L-inf')}"
                  f" -- predicted (training): {shares}")
+    if data["examples"] < MIN_RELIABLE_EXAMPLES:
+        lines.append(f"  (only {data['examples']} examples: below {MIN_RELIABLE_EXAMPLES} the distances are "
+                     "unreliable, random windows of the training data itself reach JSD ~0.2)")
     if all(f["verdict"] == "not checked" for f in data["features"]) and skew is None:
         lines.append("  (nothing compared: the run's schema declares no skew_comparator or drift_comparator)")
     return lines

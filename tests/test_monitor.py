@@ -24,7 +24,7 @@ from components import request_logs
 from pipeline import monitor
 from serving import harness as h
 from serving.client import IrisClient
-from tests.conftest import IRIS_CSV, iris_tfx
+from conftest import IRIS_CSV, iris_tfx
 
 ROWS: List[Dict[str, float]] = [{k: float(row[k]) for k in c.FEATURE_KEYS}
                                 for row in csv.DictReader(open(IRIS_CSV, encoding="utf-8"))]
@@ -160,6 +160,53 @@ def test_no_log_files_is_one_line_and_exit_2(tmp_path, capsys):
     assert "--since 'soon' is neither" in capsys.readouterr().err
 
 
+def error_lines(stderr: str) -> List[str]:
+    return [line for line in stderr.splitlines() if line.startswith("iris-tfx: error: ")]
+
+
+def test_unreachable_metadata_is_one_line_and_exit_3_not_a_verdict(tmp_path):
+    write_logs(tmp_path / "iris", "a", datetime.datetime.now(datetime.timezone.utc), [logged(1, time.time(), ROWS[0])])
+    result = iris_tfx("monitor", "--logs", str(tmp_path / "iris"), "--metadata_grpc", "127.0.0.1:1",
+                      "--workdir", str(tmp_path))
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = error_lines(result.stderr)  # among TensorFlow's start-up noise (the test environment's log level)
+    assert "ML Metadata (the metadata service 127.0.0.1:1)" in line and "Traceback" not in result.stderr
+
+
+def test_a_result_directory_appears_only_when_complete(tmp_path):
+    from tensorflow_metadata.proto.v0 import anomalies_pb2, statistics_pb2  # pylint: disable=import-outside-toplevel
+    now = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)
+    data = {"run_id": "run", "serving_statistics": "serving_statistics.pb", "previous_statistics": None,
+            "anomalies": "anomalies.pbtxt", "found": False}
+    parent = tmp_path / c.MONITORING_DIR / "run"
+    broken = monitor.Result({**data, "features": {"not JSON"}}, statistics_pb2.DatasetFeatureStatisticsList(), None,
+                            anomalies_pb2.Anomalies())
+    with pytest.raises(TypeError):  # fails after the protos were written: nothing is left, under any name
+        monitor.write_result(broken, str(tmp_path), now)
+    assert os.listdir(parent) == []
+    good = monitor.Result(data, broken.serving, None, broken.anomalies)
+    assert monitor.write_result(good, str(tmp_path), now) == str(parent / "20261130T120000Z")
+    assert os.listdir(parent) == ["20261130T120000Z"]
+    assert sorted(os.listdir(parent / "20261130T120000Z")) == ["anomalies.pbtxt", "result.json",
+                                                               "serving_statistics.pb"]
+
+
+def test_a_small_window_gets_its_verdict_and_a_line_saying_it_is_unreliable():
+    def lines(examples: int) -> List[str]:
+        data = {"model": {"name": "iris", "version": 1}, "run_id": "run", "examples": examples, "records": examples,
+                "window": {"first": "a", "last": "b"},
+                "features": [{"name": k, "verdict": "ok", "skew": {"distance": 0.1, "threshold": 0.3, "found": False},
+                              "drift": None, "out_of_domain": 0} for k in c.FEATURE_KEYS],
+                "species_mix": {"serving": {}, "training": {}, "distance": 0.05, "threshold": 0.25, "found": False}}
+        return monitor.verdict_lines(monitor.Result(data, None, None, None))
+    small = lines(monitor.MIN_RELIABLE_EXAMPLES - 1)
+    assert [line.split()[:2] for line in small[1:5]] == [[k, "ok"] for k in c.FEATURE_KEYS]
+    assert [line for line in small if "unreliable" in line] == [
+        f"  (only {monitor.MIN_RELIABLE_EXAMPLES - 1} examples: below {monitor.MIN_RELIABLE_EXAMPLES} the distances "
+        "are unreliable, random windows of the training data itself reach JSD ~0.2)"]
+    assert not [line for line in lines(monitor.MIN_RELIABLE_EXAMPLES) if "unreliable" in line]
+
+
 # --- a real server, real logs, the real command ---------------------------------------------------------------------
 def rest_predict(server: h.ServerProcess, model: str, rows: List[Dict[str, float]]) -> None:
     body = json.dumps({"signature_name": c.RAW_SIGNATURE, "instances": rows}).encode()
@@ -285,3 +332,33 @@ def test_a_window_with_no_traffic_is_exit_2_and_drift_needs_two_windows(traffic)
     assert data["examples"] == 150 and data["previous_statistics"] == "previous_statistics.pb"
     assert flagged(data, "drift") == {"sepal_width", "petal_width"} == flagged(data, "skew"), result.stdout
     assert data["since"] == traffic["since"].strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_unreadable_statistics_or_results_are_exit_3_with_one_line(traffic, tmp_path):
+    from ml_metadata.metadata_store import metadata_store  # pylint: disable=import-outside-toplevel
+    from pipeline.config import sqlite_metadata  # pylint: disable=import-outside-toplevel
+    logs = str(traffic["root"] / "logs" / "fisher")
+    gone = tmp_path / "gone"  # the statistics ML Metadata names are not there (a volume not mounted)
+    shutil.copy(traffic["workdir"] / "metadata.sqlite", tmp_path)
+    store = metadata_store.MetadataStore(sqlite_metadata(str(tmp_path / "metadata.sqlite")))
+    moved = store.get_artifacts_by_type("ExampleStatistics")
+    for artifact in moved:
+        artifact.uri = str(gone / str(artifact.id))
+    store.put_artifacts(moved)
+    del store
+    result = iris_tfx("monitor", "--logs", logs, "--workdir", str(tmp_path))
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = error_lines(result.stderr)
+    assert "cannot read the training statistics" in line and str(gone) in line and "Traceback" not in result.stderr
+
+    (tmp_path / "monitoring").unlink(missing_ok=True)
+    work = tmp_path / "work"  # an internal error: the results cannot be written (a file where their directory goes)
+    work.mkdir()
+    shutil.copy(traffic["workdir"] / "metadata.sqlite", work)
+    (work / c.MONITORING_DIR).write_text("")
+    result = iris_tfx("monitor", "--logs", logs, "--workdir", str(work))
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("iris-tfx: error: monitor failed: ") and "Traceback" not in result.stderr
