@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from components import constants, request_logs
@@ -30,6 +31,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # Below this many examples a window still gets its verdict, but its distances say little: random 30-row windows of
 # Fisher's own rows reach a Jensen-Shannon divergence of ~0.2 against his whole table (schema/schema.pbtxt's comment).
 MIN_RELIABLE_EXAMPLES = 100
+DECODE_CHUNK = 8192  # logged examples decoded into Arrow together: tfx-bsl's per-call cost amortized
 _WRITER = re.compile(r"-\d{8}T\d{6}\.\d{6}Z-(.*)-\d+" + re.escape(request_logs.SUFFIX) + "$")
 
 
@@ -68,22 +70,25 @@ def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
 @dataclasses.dataclass
 class Traffic:
     """One model version's logged traffic in a window: its examples (serialized tf.Examples and raw feature values,
-    kept as logged and decoded together at the end) and the species predicted for each (None where the response
+    decoded into Arrow tables DECODE_CHUNK at a time) and the species predicted for each (None where the response
     says none, e.g. Regress)."""
     model: str
     version: int
     records: int = 0
     first: Optional[float] = None  # seconds since the epoch of the oldest record
     last: Optional[float] = None
-    serialized: List[bytes] = dataclasses.field(default_factory=list)
-    raw: Dict[str, List[Optional[List[float]]]] = dataclasses.field(default_factory=dict)  # one row per example
+    serialized: List[bytes] = dataclasses.field(default_factory=list)  # not decoded yet
+    raw: Dict[str, List[Optional[List[float]]]] = dataclasses.field(default_factory=dict)  # not converted yet
     raw_rows: int = 0
+    tables: List["pa.Table"] = dataclasses.field(default_factory=list)  # decoded serialized examples, in order
+    raw_tables: List["pa.Table"] = dataclasses.field(default_factory=list)  # converted raw rows, in order
+    decoded: int = 0  # examples in `tables` and `raw_tables`
     predicted_serialized: List[Optional[str]] = dataclasses.field(default_factory=list)
     predicted_raw: List[Optional[str]] = dataclasses.field(default_factory=list)
 
     @property
     def examples(self) -> int:
-        return len(self.serialized) + self.raw_rows
+        return self.decoded + len(self.serialized) + self.raw_rows
 
     @property
     def predicted(self) -> List[Optional[str]]:
@@ -98,6 +103,8 @@ class Traffic:
         if parsed.serialized:
             self.serialized += parsed.serialized
             self.predicted_serialized += _aligned(parsed.predicted, len(parsed.serialized))
+            if len(self.serialized) >= DECODE_CHUNK:
+                self._decode()
         rows = min((len(a) for a in parsed.raw.values()), default=0)
         if rows:
             for name in set(self.raw) | set(parsed.raw):
@@ -105,20 +112,31 @@ class Traffic:
                 self.raw.setdefault(name, [None] * self.raw_rows).extend(values)
             self.raw_rows += rows
             self.predicted_raw += _aligned(parsed.predicted, rows)
+            if self.raw_rows >= DECODE_CHUNK:
+                self._decode()
+
+    def _decode(self) -> None:
+        """The pending examples into Arrow tables (tfx-bsl's decoder for tf.Examples), so memory grows by columns,
+        not by one Python object per logged example or value."""
+        import pyarrow as pa  # pylint: disable=g-import-not-at-top
+        if self.serialized:
+            self.tables.append(pa.Table.from_batches([_numbers_as_floats(_examples_batch(self.serialized))]))
+            self.decoded, self.serialized = self.decoded + len(self.serialized), []
+        if self.raw_rows:
+            floats = pa.large_list(pa.float32())
+            self.raw_tables.append(pa.table({name: pa.array(rows, floats) for name, rows in self.raw.items()}))
+            self.decoded, self.raw, self.raw_rows = self.decoded + self.raw_rows, {}, 0
 
     def record_batch(self) -> "pa.RecordBatch":
         """All examples as one Arrow batch, as TFDV reads data: the inputs' features (a label sent in the request
         dropped) and `species`, the PREDICTED species, so TFDV compares the predicted mix with the label mix."""
         import pyarrow as pa  # pylint: disable=g-import-not-at-top
-        floats = pa.large_list(pa.float32())
-        tables = [pa.Table.from_batches([_numbers_as_floats(_examples_batch(self.serialized))])] \
-            if self.serialized else []
-        if self.raw_rows:
-            tables.append(pa.table({name: pa.array(rows, floats) for name, rows in self.raw.items()}))
-        table = pa.concat_tables(tables, promote=True)
+        self._decode()
+        table = pa.concat_tables(self.tables + self.raw_tables, promote=True)
         if constants.LABEL_KEY in table.column_names:
             table = table.drop([constants.LABEL_KEY])
-        species = pa.array([None if s is None else [s.encode()] for s in self.predicted],
+        names = {s: [s.encode()] for s in set(self.predicted) if s is not None}
+        species = pa.array([None if s is None else names[s] for s in self.predicted],
                            pa.large_list(pa.large_binary()))
         table = table.append_column(constants.LABEL_KEY, species).combine_chunks()
         return table.to_batches()[0]
@@ -133,8 +151,8 @@ class Parsed(NamedTuple):
 
 
 def _aligned(predicted: List[Optional[str]], rows: int) -> List[Optional[str]]:
-    """One prediction per example (None for those the response has none for)."""
-    return (predicted + [None] * rows)[:rows]
+    """One prediction per example (None for those the response has none for), each name one shared string."""
+    return [None if p is None else sys.intern(p) for p in (predicted + [None] * rows)[:rows]]
 
 
 def _numbers_as_floats(batch: "pa.RecordBatch") -> "pa.RecordBatch":
@@ -142,7 +160,8 @@ def _numbers_as_floats(batch: "pa.RecordBatch") -> "pa.RecordBatch":
     measurement joins the other requests' values (and TFDV sees one type per feature)."""
     import pyarrow as pa  # pylint: disable=g-import-not-at-top
     floats = pa.large_list(pa.float32())
-    arrays = [a.cast(floats) if pa.types.is_integer(a.type.value_type) or pa.types.is_floating(a.type.value_type)
+    arrays = [a.cast(floats) if pa.types.is_large_list(a.type) and (pa.types.is_integer(a.type.value_type) or
+                                                                  pa.types.is_floating(a.type.value_type))
               else a for a in batch.columns]
     return pa.RecordBatch.from_arrays(arrays, batch.schema.names)
 

@@ -81,6 +81,26 @@ def test_predict_logs_with_raw_features_or_examples_read_alike():
     assert predicted == ["versicolor", "setosa", "virginica"] + ["setosa", "virginica"] * 2
 
 
+def test_examples_decoded_in_chunks_keep_their_order_and_predictions(monkeypatch):
+    logs = []
+    for i in range(0, 20, 5):  # alternately 2 rows as raw tensors and 3 as tf.Examples, each with its species
+        raw = prediction_log_pb2.PredictionLog()
+        for k in c.FEATURE_KEYS:
+            raw.predict_log.request.inputs[k].CopyFrom(tf.make_tensor_proto([r[k] for r in ROWS[i:i + 2]], tf.float32))
+        raw.predict_log.response.outputs[c.PREDICTED_OUTPUT].CopyFrom(tf.make_tensor_proto(SPECIES[i:i + 2]))
+        examples = prediction_log_pb2.PredictionLog()
+        examples.predict_log.request.inputs[c.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto(
+            [example(r).SerializeToString() for r in ROWS[i + 2:i + 5]]))
+        examples.predict_log.response.outputs[c.PREDICTED_OUTPUT].CopyFrom(tf.make_tensor_proto(SPECIES[i + 2:i + 5]))
+        logs += [raw, examples]
+    whole, predicted = read(*logs)
+    monkeypatch.setattr(monitor, "DECODE_CHUNK", 2)
+    chunked, chunked_predicted = read(*logs)
+    assert chunked.num_rows == whole.num_rows == 20 and chunked_predicted == predicted
+    for name in c.FEATURE_KEYS:  # the same rows beside the same predictions, however they were decoded
+        assert sorted(zip(column(chunked, name), chunked_predicted)) == sorted(zip(column(whole, name), predicted))
+
+
 def test_classify_and_multi_inference_logs_merge_the_context_and_take_the_best_class():
     log = prediction_log_pb2.PredictionLog()
     request = log.classify_log.request
