@@ -5,6 +5,7 @@ thread from a bounded queue, so a request never waits for the disk and a full qu
 import collections
 import datetime
 import functools
+import itertools
 import logging
 import os
 import random
@@ -34,21 +35,37 @@ LOG_FIELDS = {"predict": "predict_log", "classify": "classify_log", "regress": "
 
 class RotatingRecordFile:
     """TFRecord files `<prefix>-<UTC time>-<host>-<pid>-<n>.tfrecord` (TF's writer: per-record CRCs, so a reader stops
-    cleanly at a torn tail), a new one past `max_file_bytes`; past `max_total_bytes` in all, the oldest are removed."""
+    cleanly at a torn tail), a new one past `max_file_bytes`. `max_total_bytes` is the budget of ALL files under the
+    prefix, every writer's (replicas share one volume): past it the oldest are removed, whoever wrote them, and a
+    writer whose open file another removed notices at its next flush and writes those records again in a new file."""
 
-    def __init__(self, prefix: str, max_file_bytes: int, max_total_bytes: int, on_removed: Callable[[str], None]):
+    _opened = itertools.count(1)  # file numbers unique in the process: two writers of one prefix never share a name
+
+    def __init__(self, prefix: str, max_file_bytes: int, max_total_bytes: int, on_removed: Callable[[str], None],
+                 on_replaced: Callable[[str, int], None] = lambda path, records: None):
         self.prefix, self.max_file_bytes, self.max_total_bytes = prefix, max_file_bytes, max_total_bytes
-        self.on_removed = on_removed
+        self.on_removed, self.on_replaced = on_removed, on_replaced
         parent = os.path.dirname(prefix)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        self._closed: List[Tuple[str, int]] = [(p, os.path.getsize(p)) for p in log_files(prefix)]
         self._writer: Optional[tf.io.TFRecordWriter] = None
-        self.path, self.size, self._opened = "", 0, 0
+        self.path, self.size = "", 0
+        self._unchecked: List[bytes] = []  # records written to the open file since it was last seen on disk
+        self._others: List[Tuple[str, int]] = self._scan()
+
+    def _scan(self) -> List[Tuple[str, int]]:
+        """Every file under the prefix but the open one (all writers'), with its size, oldest first."""
+        found = []
+        for path in log_files(self.prefix):
+            if path != self.path:
+                try:
+                    found.append((path, os.path.getsize(path)))
+                except FileNotFoundError:  # removed by another writer since it was listed
+                    pass
+        return found
 
     def _open(self) -> None:
-        self._opened += 1  # several files may open within one microsecond
-        self.path = file_name(self.prefix, datetime.datetime.now(datetime.timezone.utc), self._opened)
+        self.path = file_name(self.prefix, datetime.datetime.now(datetime.timezone.utc), next(self._opened))
         self.size = 0
         self._writer = tf.io.TFRecordWriter(self.path)
 
@@ -58,29 +75,53 @@ class RotatingRecordFile:
             if self._writer is None:
                 self._open()
             self._writer.write(record)
+            self._unchecked.append(record)
             self.size += len(record) + FRAME_BYTES
             if self.size >= self.max_file_bytes:
                 self._rotate()
         if self._writer is not None:
             self._writer.flush()
+            self._check()
         self._keep_budget()
+
+    def _check(self) -> None:
+        """If another writer removed the open file (its budget is the prefix's total), the records written to it
+        since the last check went to an unlinked file: write them again in a new one. A stat of the name per flush
+        (not fstat's st_nlink: an NFS client keeps a file it has open under a hidden name, nlink 1)."""
+        if os.path.exists(self.path):
+            self._unchecked = []
+            return
+        self._writer.close()
+        self._replace()
+
+    def _replace(self) -> None:
+        """Write the open file's unchecked records again in a new file: another writer removed it while open."""
+        lost, self._unchecked, path = self._unchecked, [], self.path
+        self._writer, self.path, self.size = None, "", 0
+        self.on_replaced(path, len(lost))
+        self.write(lost)
 
     def _rotate(self) -> None:
         self._writer.close()
-        self._closed.append((self.path, self.size))
-        self._writer, self.size = None, 0
+        if not os.path.exists(self.path):
+            self._replace()
+            return
+        self._unchecked = []
+        self._writer, self.path, self.size = None, "", 0
+        self._others = self._scan()  # every writer's files, as they are now
         self._keep_budget()
 
     def _keep_budget(self) -> None:
-        """Remove the oldest finished files while all of them plus the open one exceed the budget."""
-        total = self.size + sum(size for _, size in self._closed)
-        while self._closed and total > self.max_total_bytes:
-            path, size = self._closed.pop(0)
+        """Remove the oldest files but the open one while all of them (every writer's, sizes as last listed at this
+        writer's start or rotation) plus the open one exceed the budget."""
+        total = self.size + sum(size for _, size in self._others)
+        while self._others and total > self.max_total_bytes:
+            path, size = self._others.pop(0)
+            total -= size
             try:
                 os.remove(path)
-            except FileNotFoundError:
-                pass
-            total -= size
+            except FileNotFoundError:  # another writer removed it first
+                continue
             self.on_removed(path)
 
     def close(self) -> None:
@@ -240,6 +281,10 @@ class RequestLogger:
                     self.max_total_bytes, path)
         self.metrics.request_log_file_removed()
 
+    def _replaced(self, path: str, records: int) -> None:
+        log.warning("Request log file %s was removed while open (by another server sharing its prefix, whose budget is "
+                    "all writers' total): its last %d records are written again in a new file", path, records)
+
     def _prefix(self, config: logging_config_pb2.LoggingConfig) -> str:
         """A config's filename_prefix, read from the proto once per config."""
         cached = self._prefixes.get(id(config))
@@ -251,7 +296,7 @@ class RequestLogger:
         file = self._files.get(prefix)
         if file is None:
             file = self._files[prefix] = RotatingRecordFile(prefix, self.max_file_bytes, self.max_total_bytes,
-                                                            self._removed)
+                                                            self._removed, self._replaced)
         return file
 
     def _run(self) -> None:

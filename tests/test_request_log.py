@@ -87,6 +87,32 @@ def test_rotation_keeps_the_budget_and_removes_the_oldest(tmp_path):
     assert all(os.path.getsize(p) <= 1000 + 116 for p in files)
 
 
+def test_writers_sharing_a_prefix_keep_one_budget_and_lose_no_record_to_a_removed_open_file(tmp_path):
+    """Replicas on one volume write under one prefix: the budget is all writers' total, the oldest files go whoever
+    wrote them (an open one too), and a writer whose open file was removed writes on in a new one, losing nothing."""
+    prefix = str(tmp_path / "logs" / "iris")
+    removed: List[str] = []
+    replaced: List[int] = []
+    a = request_log.RotatingRecordFile(prefix, 1000, 3000, removed.append, lambda path, n: replaced.append(n))
+    for i in range(5):
+        a.write([b"a%04d" % i + b"x" * 95])
+    b = request_log.RotatingRecordFile(prefix, 1000, 3000, removed.append, lambda path, n: replaced.append(n))
+    written = {b"a": 5, b"b": 0}
+    for i in range(300):  # a writes slowly: its open file becomes the oldest under the prefix
+        for name, file in ((b"a", a), (b"b", b)) if i % 10 == 0 else ((b"b", b),):
+            file.write([name + b"%04d" % written[name] + b"x" * 95])
+            written[name] += 1
+            assert not file.path or os.path.exists(file.path)  # none goes on writing into a removed file
+            total = sum(os.path.getsize(p) for p in request_logs.log_files(prefix))
+            assert total <= 3000 + 2 * (1000 + 116), total  # the budget, plus each writer's open file
+    a.close()
+    b.close()
+    assert replaced and removed  # a's open file was the oldest when b rotated
+    for name in (b"a", b"b"):  # each writer's records that survive are its newest, without a gap
+        numbers = [int(r[1:5]) for r in request_logs.read_records(prefix) if r[:1] == name]
+        assert numbers == list(range(written[name] - len(numbers), written[name])) and numbers, (name, numbers)
+
+
 def test_file_names_carry_time_host_and_pid_and_a_prefix_sees_only_its_own(tmp_path):
     when = datetime.datetime(2026, 11, 30, 14, 0, 3, 123456, tzinfo=datetime.timezone.utc)
     name = request_logs.file_name(str(tmp_path / "iris"), when, 2, host="pod/ä b:1-x", pid=1)
@@ -100,7 +126,7 @@ def test_file_names_carry_time_host_and_pid_and_a_prefix_sees_only_its_own(tmp_p
     canary.write([b"two"])
     canary.close()
     (path,) = request_logs.log_files(str(tmp_path / "iris"))
-    assert f"-{request_logs.safe_host()}-{os.getpid()}-000001.tfrecord" in path
+    assert re.search(f"-{re.escape(request_logs.safe_host())}-{os.getpid()}-" + r"\d{6}\.tfrecord$", path), path
     assert abs(request_logs.file_time(path) - datetime.datetime.now(datetime.timezone.utc)).total_seconds() < 60
     assert list(request_logs.read_records(str(tmp_path / "iris"))) == [b"one"]
     with pytest.raises(ValueError, match="not a request log file name"):
