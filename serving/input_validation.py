@@ -2,11 +2,11 @@
 disallow_nan/disallow_inf that tfdv.get_domain reads), for the server and `iris-tfx predict` alike.
 
 No TensorFlow here (tfdv imports it, and `iris-tfx predict` must stay quick): tensorflow_metadata's schema_pb2 and
-numpy; the server passes in its tf.Example parser. Each request is compared with one vectorised numpy expression;
-the slow path (naming each value) runs only when something is out of bounds."""
+numpy; the server passes in its tf.Example parser. Values are compared in float32, as the model sees them. Serialized
+examples are checked in the model's Session run (Servable.add_input_check); they are parsed here only to name the
+values of a request flagged there."""
 import collections
 import logging
-import operator
 import threading
 import time
 import weakref
@@ -22,12 +22,10 @@ from serving.errors import invalid
 log = logging.getLogger(__name__)
 SERVING_ENVIRONMENT = "SERVING"
 MODES = ("off", "warn", "reject")
-# How a signature input carries features: serialized tf.Examples (checked here, or in the model's Session run:
-# GRAPH), or one feature's values (COLUMN).
-EXAMPLES, GRAPH, COLUMN = "examples", "graph", "column"
-SMALL_REQUEST_EXAMPLES = 8  # up to this many serialized examples are parsed with protobuf, more with tfx_bsl
+# How a signature input carries features: serialized tf.Examples (checked in the model's Session run), or one
+# feature's values (COLUMN, checked here before the run).
+EXAMPLES, COLUMN = "examples", "column"
 LOG_INTERVAL_SECONDS = 60.0  # warn: one log line per (model, feature) per this many seconds
-_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 class Violation(NamedTuple):
@@ -77,7 +75,7 @@ def _float_domain(schema: schema_pb2.Schema, feature: schema_pb2.Feature) -> Opt
 
 
 class Bounds:
-    """The bounds of the features with a float_domain in one environment, as arrays for a vectorised check:
+    """The bounds of the features with a float_domain in one environment, as float32 arrays for a vectorised check:
     a value is in bounds when lo <= value <= hi (NaN compares false: out unless the schema allows it)."""
 
     def __init__(self, bounds: Mapping[str, Bound]):
@@ -85,11 +83,13 @@ class Bounds:
         self.names: Tuple[str, ...] = tuple(self.bounds)
         self.index = {name: i for i, name in enumerate(self.names)}
         b = [self.bounds[n] for n in self.names]
-        # no max: +inf allowed unless disallow_inf (then the largest finite value is the bound); likewise the min
-        self.lo = np.array([x.min if x.min is not None else (-_FLOAT_MAX if x.disallow_inf else -np.inf) for x in b])
-        self.hi = np.array([x.max if x.max is not None else (_FLOAT_MAX if x.disallow_inf else np.inf) for x in b])
+        # float32, the schema's float and the model's: the bound as written (0.05 is the float32 0.0500000007). No
+        # max: +inf allowed unless disallow_inf (then the largest finite float32 is the bound); likewise the min.
+        big = float(np.finfo(np.float32).max)
+        self.lo = np.array([x.min if x.min is not None else (-big if x.disallow_inf else -np.inf) for x in b],
+                           np.float32)
+        self.hi = np.array([x.max if x.max is not None else (big if x.disallow_inf else np.inf) for x in b], np.float32)
         self.nan_ok = np.array([not x.disallow_nan for x in b], dtype=bool)
-        self._lo, self._hi = self.lo.tolist(), self.hi.tolist()
 
     @classmethod
     def from_schema(cls, schema: schema_pb2.Schema, environment: str = SERVING_ENVIRONMENT) -> "Bounds":
@@ -118,35 +118,26 @@ class Bounds:
     def __bool__(self) -> bool:
         return bool(self.names)
 
-    def float32(self) -> Tuple[np.ndarray, np.ndarray]:
-        """lo and hi as float32, tf.Example's float type: a finite bound beyond float32's range becomes its largest."""
-        big = np.finfo(np.float32).max
-        return tuple(np.where(np.isinf(x), x, np.clip(x, -big, big)).astype(np.float32) for x in (self.lo, self.hi))
-
-    def check_matrix(self, matrix: np.ndarray) -> List[Violation]:
-        """Values [examples, features], in the order of self.names; [] when all in bounds."""
-        ok = (matrix >= self.lo) & (matrix <= self.hi)
-        if ok.all():  # the common case: one numpy expression, nothing else
-            return []
-        ok |= np.isnan(matrix) & self.nan_ok
-        rows, cols = np.nonzero(~ok)
-        return [self._violation(int(j), float(matrix[i, j]), int(i)) for i, j in zip(rows, cols)]
-
     def check_values(self, feature: int, values: np.ndarray, examples: np.ndarray) -> List[Violation]:
-        """A feature's flat values, each with the index of its example; [] when all in bounds."""
-        ok = (values >= self.lo[feature]) & (values <= self.hi[feature])
+        """A feature's flat values, each with the index of its example, compared as the model sees them (cast to
+        float32: a double 0.05 is the bound 0.05); [] when all in bounds."""
+        with np.errstate(over="ignore"):  # a double beyond float32's range is infinite to the model too
+            seen = values.astype(np.float32, copy=False)
+        ok = (seen >= self.lo[feature]) & (seen <= self.hi[feature])
         if ok.all():
             return []
         if self.nan_ok[feature]:
-            ok |= np.isnan(values)
-        return [self._violation(feature, float(values[k]), int(examples[k])) for k in np.nonzero(~ok)[0]]
+            ok |= np.isnan(seen)
+        return [self._violation(feature, float(values[k]), float(seen[k]), int(examples[k]))
+                for k in np.nonzero(~ok)[0]]
 
-    def _violation(self, feature: int, value: float, example: int) -> Violation:
+    def _violation(self, feature: int, value: float, seen: float, example: int) -> Violation:
+        """`value` as sent, `seen` as the model sees it (float32)."""
         name = self.names[feature]
         bound = self.bounds[name]
-        if np.isnan(value):
+        if np.isnan(seen):
             return Violation(name, value, example, "nan")
-        if value < self.lo[feature]:
+        if seen < self.lo[feature]:
             return (Violation(name, value, example, "below", bound.min) if bound.min is not None
                     else Violation(name, value, example, "inf"))
         return (Violation(name, value, example, "above", bound.max) if bound.max is not None
@@ -160,53 +151,24 @@ class Bounds:
             if j is None or array.dtype.kind not in "fiu":
                 continue
             values = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
-            flat = values.ravel()
-            found += self.check_values(j, flat, np.repeat(np.arange(len(values)), values.shape[1]))
+            found += self.check_values(j, values.ravel(), np.repeat(np.arange(len(values)), values.shape[1]))
         return sorted(found, key=lambda v: (v.example, self.index[v.feature]))
 
     def check_examples(self, serialized: Iterable[bytes], parse: Callable[[bytes], object]) -> List[Violation]:
         """Serialized tf.Examples (`parse`: bytes -> tf.Example); only float_list values are checked (another type
-        is the model's error to answer)."""
-        names, flat, lengths = self.names, [], []
-        extend, extend_lengths = flat.extend, lengths.extend
-        for data in serialized:
-            features = parse(data).features.feature  # (a missing feature is added, empty, to this parsed copy)
-            values = [features[n].float_list.value for n in names]
-            extend_lengths(map(len, values))
-            for v in values:
-                extend(v)
-        if flat and lengths.count(1) == len(lengths):  # one value per feature, the usual case
-            k = len(lengths) // len(names)
-            # a few values: plain comparisons cost less than making arrays (1 example: ~0.5 us, numpy ~5 us)
-            if k <= SMALL_REQUEST_EXAMPLES and all(map(operator.le, self._lo * k, flat)) and all(
-                    map(operator.le, flat, self._hi * k)):
-                return []
-            return self.check_matrix(np.array(flat).reshape(k, len(names)))
-        # missing or repeated values: each value's feature and example, from the (example, feature) cells' lengths
-        counts = np.array(lengths, dtype=np.int64)
-        cells = np.arange(len(counts))
-        feature, example = np.repeat(cells % len(names), counts), np.repeat(cells // len(names), counts)
-        values = np.array(flat, dtype=np.float64)
+        is the model's error to answer). Only for requests the in-graph check flagged, so plain protobuf parsing."""
+        values: List[List[float]] = [[] for _ in self.names]
+        examples: List[List[int]] = [[] for _ in self.names]
+        for i, data in enumerate(serialized):
+            features = parse(data).features.feature
+            for j, name in enumerate(self.names):
+                if name in features:
+                    v = features[name].float_list.value
+                    values[j].extend(v)
+                    examples[j].extend([i] * len(v))
         found: List[Violation] = []
-        for j in range(len(names)):
-            found += self.check_values(j, values[feature == j], example[feature == j])
-        return sorted(found, key=lambda v: (v.example, self.index[v.feature]))
-
-    def check_decoded(self, batch) -> List[Violation]:
-        """Examples decoded by tfx_bsl (a pyarrow RecordBatch: one list<float> column per feature)."""
-        columns = dict(zip(batch.schema.names, batch.columns))
-        values = [columns[n].values.to_numpy(zero_copy_only=False) if n in columns else np.zeros(0)
-                  for n in self.names]
-        sizes = [len(v) for v in values]
-        flat = np.concatenate(values)
-        if ((flat >= np.repeat(self.lo, sizes)) & (flat <= np.repeat(self.hi, sizes))).all():
-            return []  # the common case: every value in bounds, wherever it is
-        found: List[Violation] = []
-        for j, name in enumerate(self.names):
-            if name in columns:  # each value's example, from the list offsets
-                offsets = columns[name].offsets.to_numpy()
-                found += self.check_values(j, values[j][offsets[0]:offsets[-1]],
-                                           np.repeat(np.arange(batch.num_rows), np.diff(offsets)))
+        for j in range(len(self.names)):
+            found += self.check_values(j, np.array(values[j], np.float32), np.array(examples[j], np.int64))
         return sorted(found, key=lambda v: (v.example, self.index[v.feature]))
 
 
@@ -237,67 +199,36 @@ class Reporter:
                         ":tensorflow:serving:input_out_of_domain_count)", model, n, feature, first.message(), mode)
 
 
-class ExampleChecker:
-    """Serialized tf.Examples against the bounds: protobuf's parser for a few examples (no fixed cost), tfx_bsl's
-    C++ decoder into Arrow columns for more (~20 us fixed, then far less per example; measured in the README)."""
-
-    def __init__(self, bounds: Bounds, parse_example: Callable[[bytes], object],
-                 small: int = SMALL_REQUEST_EXAMPLES):
-        from tfx_bsl.coders import example_coder  # here: pyarrow loads in the server only, never in the client
-        schema = schema_pb2.Schema()
-        for name in bounds.names:
-            schema.feature.add(name=name, type=schema_pb2.FLOAT)
-        self._decoder = example_coder.ExamplesToRecordBatchDecoder(schema.SerializeToString())
-        self.bounds, self._parse, self.small = bounds, parse_example, small
-
-    def __call__(self, serialized: np.ndarray) -> List[Violation]:
-        if len(serialized) <= self.small:
-            return self.bounds.check_examples(serialized, self._parse)
-        return self.bounds.check_decoded(self._decoder.DecodeBatch(list(serialized)))
-
-
-Plan = Tuple[Tuple[str, str], ...]  # a signature's checked inputs: (alias, EXAMPLES, GRAPH or COLUMN)
+Plan = Tuple[Tuple[str, str], ...]  # a signature's checked inputs: (alias, EXAMPLES or COLUMN)
 
 
 class InputValidator:
-    """One loaded version's check of every request's inputs (Servable.run calls `check` before the Session run and
-    `check_flagged` after it, for examples checked in the graph): warn counts and logs, reject answers
-    INVALID_ARGUMENT naming the first value out of bounds."""
+    """One loaded version's check of every request's inputs (Servable.run calls `check` before the Session run, for
+    raw-feature arrays, and `check_flagged` after it, for examples checked in the graph): warn counts and logs,
+    reject answers INVALID_ARGUMENT naming the first value out of bounds."""
 
     def __init__(self, model: str, bounds: Bounds, mode: str, plans: Mapping[str, Plan],
-                 check_examples: Callable[[np.ndarray], List[Violation]], reporter: Reporter):
+                 parse_example: Callable[[bytes], object], reporter: Reporter):
         if mode not in MODES[1:]:
             raise ValueError(f"input validation mode must be one of {MODES[1:]}, got {mode!r}")
         self.model, self.bounds, self.mode, self.reporter = model, bounds, mode, reporter
         self.plans = {name: plan for name, plan in plans.items() if plan}
-        self._check_examples = check_examples
+        self._parse = parse_example
         self._last = threading.local()  # the examples array this thread checked last (MultiInference's tasks share it)
 
     def check(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> None:
-        """Raw-feature arrays, and serialized examples not checked in the graph."""
-        plan = self.plans.get(signature_name)
-        if plan is None:
-            return
-        found: List[Violation] = []
-        columns = {}
-        for alias, kind in plan:
-            array = inputs.get(alias)
-            if array is None or kind == GRAPH:
-                continue
-            if kind == COLUMN:
-                columns[alias] = array
-            else:
-                found += self._examples(array)
+        """Raw-feature arrays, before the Session run."""
+        columns = {alias: inputs[alias] for alias, kind in self.plans.get(signature_name, ())
+                   if kind == COLUMN and alias in inputs}
         if columns:
-            found += self.bounds.check_columns(columns)
-        self._found(found)
+            self._found(self.bounds.check_columns(columns))
 
-    def check_flagged(self, signature_name: str, inputs: Mapping[str, np.ndarray], counts: np.ndarray) -> None:
-        """After the Session run: `counts` (per example, values out of bounds, from the graph) are all zero in the
-        common case; otherwise the examples are parsed here to name each value."""
-        if not counts.any():
+    def check_flagged(self, signature_name: str, inputs: Mapping[str, np.ndarray], in_bounds: bool) -> None:
+        """After the Session run: `in_bounds` (from the graph) is true in the common case; otherwise the examples are
+        parsed here to name each value."""
+        if in_bounds:
             return
-        self._found([v for alias, kind in self.plans[signature_name] if kind == GRAPH and alias in inputs
+        self._found([v for alias, kind in self.plans[signature_name] if kind == EXAMPLES and alias in inputs
                      for v in self._examples(inputs[alias])])
 
     def _examples(self, array: np.ndarray) -> List[Violation]:
@@ -305,10 +236,7 @@ class InputValidator:
         if last is not None and last() is array:  # another task of the same MultiInference: checked once
             return []
         self._last.ref = weakref.ref(array)
-        try:
-            return self._check_examples(array.ravel())
-        except Exception:  # noqa: BLE001 - not tf.Examples: the model's own parsing answers that
-            return []
+        return self.bounds.check_examples(array.ravel(), self._parse)
 
     def _found(self, found: List[Violation]) -> None:
         if found:

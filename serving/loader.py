@@ -14,7 +14,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from components import constants
 from serving import defaults, inference
 from serving.errors import invalid
-from serving.input_validation import COLUMN, EXAMPLES, GRAPH, Bounds, ExampleChecker, InputValidator, Plan, Reporter
+from serving.input_validation import COLUMN, EXAMPLES, Bounds, InputValidator, Plan, Reporter
 from serving.servable import Servable, SignatureInfo
 
 log = logging.getLogger(__name__)
@@ -108,14 +108,10 @@ def input_validator(servable: Servable, mode: str, reporter: Reporter) -> Option
         log.info("Model %s version %d: %s bounds no input of its signatures: its inputs are not checked",
                  servable.name, servable.version, SCHEMA_FILE)
         return None
-    lo, hi = bounds.float32()
     for name, plan in plans.items():
-        shapes = servable.signature_info[name].inputs
-        vectors = [a for a, kind in plan if kind == EXAMPLES and len(shapes[a][1] or ()) == 1]
-        if vectors:  # a vector of serialized examples: checked in the Session run that answers the request
-            servable.add_input_check(name, vectors[0], bounds.names, lo, hi, bounds.nan_ok)
-            plans[name] = tuple((a, GRAPH if a == vectors[0] else kind) for a, kind in plan)
+        examples = [a for a, kind in plan if kind == EXAMPLES]
+        if examples:  # serialized examples: checked in the Session run that answers the request
+            servable.add_input_check(name, examples, bounds.names, bounds.lo, bounds.hi, bounds.nan_ok)
     log.info("Model %s version %d: inputs checked against the bounds of %s in %s (--input_validation=%s)",
              servable.name, servable.version, ", ".join(bounds.names), SCHEMA_FILE, mode)
-    return InputValidator(servable.name, bounds, mode, plans, ExampleChecker(bounds, example_pb2.Example.FromString),
-                          reporter)
+    return InputValidator(servable.name, bounds, mode, plans, example_pb2.Example.FromString, reporter)

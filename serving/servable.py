@@ -83,7 +83,7 @@ class Servable:
         validator = self.validator
         if validator is None:
             return self._run_key((signature_name, tuple(sorted(inputs)), tuple(outputs)), inputs)
-        validator.check(signature_name, inputs)  # raw-feature arrays (and examples not checked in the graph)
+        validator.check(signature_name, inputs)  # raw-feature arrays
         if signature_name not in self._checks:
             return self._run_key((signature_name, tuple(sorted(inputs)), tuple(outputs)), inputs)
         values = self._run_key((signature_name, tuple(sorted(inputs)), tuple(outputs) + (CHECK_OUTPUT,)), inputs)
@@ -95,27 +95,28 @@ class Servable:
             return self._scheduler.run(key, inputs)
         return self._run_direct(key, inputs)
 
-    def add_input_check(self, signature_name: str, alias: str, names: Sequence[str], lo: np.ndarray,
+    def add_input_check(self, signature_name: str, aliases: Sequence[str], names: Sequence[str], lo: np.ndarray,
                         hi: np.ndarray, nan_ok: np.ndarray) -> None:
-        """Check the serialized tf.Examples of a signature's input in the Session run that answers the request
-        (after the model's outputs, so the model's own errors come first): per example, how many values of the
-        features `names` are outside [lo, hi] (NaN counts unless nan_ok). Where the values are cheapest to get:
-        parsing them in Python costs ~3x more per request (benchmarks/serving_benchmark.py --rows validation)."""
-        sig = self.signatures[signature_name]
+        """Check the serialized tf.Examples of a signature's inputs in the Session run that answers the request
+        (after the model's outputs, so the model's own errors come first): whether every value of the features
+        `names` is within [lo, hi] (NaN is not, unless nan_ok). One min and one max per feature, compared with the
+        bounds as two [k] vectors: 23 graph ops for Iris' 4 features (64 as per-feature chains), ~+13 us per run."""
+        sig, shapes = self.signatures[signature_name], self.signature_info[signature_name].inputs
         with self._graph.as_default(), tf.name_scope("input_check"):
-            examples = self._graph.get_tensor_by_name(sig.inputs[alias].name)
             after = [self._graph.get_tensor_by_name(t.name).op for t in sig.outputs.values()]
             with tf.control_dependencies(after):
+                inputs = [self._graph.get_tensor_by_name(sig.inputs[a].name) for a in aliases]
+                inputs = [x if len(shapes[a][1] or ()) == 1 else tf.reshape(x, [-1]) for a, x in zip(aliases, inputs)]
+                examples = inputs[0] if len(inputs) == 1 else tf.concat(inputs, 0)
                 parsed = tf.io.parse_example(examples, {n: tf.io.VarLenFeature(tf.float32) for n in names})
-            count = tf.zeros_like(examples, dtype=tf.int32)
-            for j, name in enumerate(names):
-                values = parsed[name].values
-                ok = tf.logical_and(values >= lo[j], values <= hi[j])
-                if nan_ok[j]:
-                    ok = tf.logical_or(ok, tf.math.is_nan(values))
-                count += tf.math.unsorted_segment_sum(tf.cast(tf.logical_not(ok), tf.int32),
-                                                      parsed[name].indices[:, 0], tf.size(examples))
-        self._checks[signature_name] = count.name
+            values = [parsed[n].values for n in names]
+            values = [tf.where(tf.math.is_nan(v), lo[j], v) if nan_ok[j] else v for j, v in enumerate(values)]
+            # min and max propagate NaN (and NaN >= lo is false); of no values they are +inf and -inf: in bounds
+            axis = tf.constant(0)  # one for all 2k reductions
+            low = tf.stack([tf.reduce_min(v, axis) for v in values])
+            high = tf.stack([tf.reduce_max(v, axis) for v in values])
+            in_bounds = tf.reduce_all(tf.logical_and(low >= lo, high <= hi))
+        self._checks[signature_name] = in_bounds.name
 
     def unload(self) -> None:
         """Stop batching; the session is closed when the last in-flight request drops its reference."""

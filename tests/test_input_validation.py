@@ -1,5 +1,5 @@
 """Inputs checked against the schema's bounds at serving time: the bounds read from a schema, the vectorised check on
-arrays and serialized tf.Examples (both decoders), warn/reject/off, and end to end with the pipeline's pushed model
+arrays and serialized tf.Examples (named in Python once the graph flags them), warn/reject/off, and end to end with the pipeline's pushed model
 (which carries its schema in assets.extra/) in real server processes, over gRPC, REST and `iris-tfx predict`."""
 import json
 import subprocess
@@ -98,9 +98,19 @@ def test_raw_arrays_in_bounds_pass_and_each_value_out_is_named(bounds):
         "sepal_length = 500 is above the schema's maximum 20.0 (example 1)"]
 
 
-@pytest.mark.parametrize("small", [100, 0], ids=["protobuf", "tfx_bsl"])
-def test_examples_checked_alike_by_both_decoders(bounds, small):
-    check = iv.ExampleChecker(bounds, example_pb2.Example.FromString, small)
+def test_values_are_compared_as_the_model_sees_them_in_float32(bounds):
+    # petal_width's minimum is written 0.05, stored as the float32 0.0500000007: a double 0.05 (or 0.049999999, the
+    # same float32) is what the model gets from 0.05 and is in bounds; 0.0499 is not
+    values = np.array([0.05, 0.049999999, 0.0499, 1e300])
+    assert messages(bounds.check_columns({"petal_width": values})) == [
+        "petal_width = 0.0499 is below the schema's minimum 0.05 (example 2)",
+        "petal_width = 1e+300 is above the schema's maximum 6.0 (example 3)"]
+    assert client.out_of_bounds(bounds, [[5.1, 3.5, 1.4, 0.05], [0.5, 0.5, 0.05, 0.05]]) == {}
+
+
+def test_examples_values_named_each_with_its_example(bounds):
+    def check(examples):
+        return bounds.check_examples(examples, example_pb2.Example.FromString)
     assert check(serialized(SETOSA, SETOSA)) == []
     ragged = example(SETOSA)  # second values, one out of bounds, and a NaN
     ragged.features.feature["sepal_width"].float_list.value.append(3.6)
@@ -136,16 +146,15 @@ def validator(bounds: iv.Bounds, mode: str, counted: Dict, clock=None) -> iv.Inp
     plans = {c.SERVING_SIGNATURE: ((c.EXAMPLES_INPUT, iv.EXAMPLES),),
              c.RAW_SIGNATURE: tuple((k, iv.COLUMN) for k in c.FEATURE_KEYS)}
     reporter = iv.Reporter(count, clock=clock or Clock())
-    return iv.InputValidator("iris", bounds, mode, plans, iv.ExampleChecker(bounds, example_pb2.Example.FromString),
-                             reporter)
+    return iv.InputValidator("iris", bounds, mode, plans, example_pb2.Example.FromString, reporter)
 
 
 def test_reject_names_feature_value_bound_and_example(bounds):
     counted: Dict = {}
     check = validator(bounds, "reject", counted)
-    check.check(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA)})
+    check.check_flagged(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA)}, False)  # named: none out
     with pytest.raises(ServingError) as info:
-        check.check(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA, MILLIMETRES)})
+        check.check_flagged(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA, MILLIMETRES)}, False)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "sepal_length = 500 is above the schema's maximum 20.0 (example 1)" in info.value.message
     assert counted == {("iris", k): 1 for k in c.FEATURE_KEYS}
@@ -166,9 +175,11 @@ def test_warn_counts_every_value_logs_once_a_minute_and_a_shared_input_once(boun
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and "petal_width = 9 is above the schema's maximum 6.0" in lines[0], lines
     examples = serialized(MILLIMETRES)  # MultiInference runs each task on the same examples: counted once
-    check.check(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: examples})
-    check.check(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: examples})
+    check.check_flagged(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: examples}, False)
+    check.check_flagged(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: examples}, False)
     assert counted[("iris", "sepal_length")] == 1
+    check.check_flagged(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(MILLIMETRES)}, True)  # graph: in bounds
+    check.check(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(MILLIMETRES)})  # examples: not before the run
     check.check("transform_features", {c.EXAMPLES_INPUT: examples})  # no plan for this signature: not checked
     assert counted[("iris", "sepal_length")] == 1
 
@@ -203,6 +214,30 @@ def test_predict_rows_out_of_bounds(bounds):
     found = client.out_of_bounds(bounds, [SETOSA, [str(v) for v in MILLIMETRES], dict(zip(c.FEATURE_KEYS, SETOSA))])
     assert list(found) == [1] and len(found[1]) == 4
     assert found[1][0].message(with_example=False) == "sepal_length = 500 is above the schema's maximum 20.0"
+
+
+def test_examples_not_in_a_vector_are_checked_in_the_graph_too(tmp_path):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    path = tmp_path / "1"  # a real SavedModel whose examples input is [n, 1]: it answers how many it got
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        examples = tf.compat.v1.placeholder(tf.string, [None, 1])
+        builder = tf.compat.v1.saved_model.Builder(str(path))
+        builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map={
+            c.SERVING_SIGNATURE: tf.compat.v1.saved_model.predict_signature_def(
+                {c.EXAMPLES_INPUT: examples}, {"n": tf.size(examples)})})
+        builder.save()
+    (path / c.ASSETS_EXTRA).mkdir()
+    (path / c.ASSETS_EXTRA / c.SCHEMA_ASSET).write_text(SCHEMA.read_text())
+    servable, _ = loader.load("tiny", 1, str(path), loader.LoaderOptions(session_config(1, 1),
+                                                                          input_validation="reject"))
+    try:
+        assert servable.run(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA, SETOSA).reshape(2, 1)},
+                            ["n"]) == {"n": 2}
+        with pytest.raises(ServingError, match=r"petal_width = 0.01 is below the schema's minimum 0.05 \(example 1\)"):
+            servable.run(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA, [5.1, 3.5, 1.4, 0.01]).reshape(
+                2, 1)}, ["n"])
+    finally:
+        servable.unload()
 
 
 # --- end to end: the pushed model, real servers ---------------------------------------------------------------
@@ -267,7 +302,7 @@ def test_examples_are_checked_in_the_session_run_that_answers(pushed_model):
         session_config(1, 1), input_validation="reject", reporter=iv.Reporter(
             lambda model, feature, n: counted.__setitem__(feature, counted.get(feature, 0) + n))))
     try:
-        assert (c.EXAMPLES_INPUT, iv.GRAPH) in servable.validator.plans[c.SERVING_SIGNATURE]
+        assert (c.EXAMPLES_INPUT, iv.EXAMPLES) in servable.validator.plans[c.SERVING_SIGNATURE]
         outputs = [c.PREDICTED_OUTPUT]
         answer = servable.run(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA, SETOSA)}, outputs)
         assert list(answer) == outputs and list(answer[c.PREDICTED_OUTPUT]) == [b"setosa"] * 2
