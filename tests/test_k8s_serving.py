@@ -181,15 +181,16 @@ def logging_problems(objects: List[dict]) -> List[str]:
     parsed = local.parse_flags(container["args"])
     claims = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PersistentVolumeClaim"}
     if REQUEST_LOGS_PVC in claims:
-        # Each server process keeps its files within the budget: every replica the HPA may run, and the one a rolling
-        # update adds, at once.
+        # The budget is every writer's files together; each server may overshoot it by its open file: every replica
+        # the HPA may run, and the one a rolling update adds, at once.
         deployment = one(objects, "Deployment", DEPLOYMENT)["spec"]
         replicas = one(objects, "HorizontalPodAutoscaler", DEPLOYMENT)["spec"]["maxReplicas"] + int(
             deployment["strategy"]["rollingUpdate"]["maxSurge"])
         size = quantity(claims[REQUEST_LOGS_PVC]["spec"]["resources"]["requests"]["storage"])
-        if size < replicas * (parsed.request_log_max_total_bytes + parsed.request_log_file_max_bytes):
-            problems.append(f"{REQUEST_LOGS_PVC} ({size:.0f} bytes) cannot hold {replicas} replicas' budgets of "
-                            f"{parsed.request_log_max_total_bytes} bytes and an open file each")
+        if size < parsed.request_log_max_total_bytes + replicas * parsed.request_log_file_max_bytes:
+            problems.append(f"{REQUEST_LOGS_PVC} ({size:.0f} bytes) cannot hold the budget of "
+                            f"{parsed.request_log_max_total_bytes} bytes and an open file for each of {replicas} "
+                            "replicas")
         if "ReadWriteMany" not in claims[REQUEST_LOGS_PVC]["spec"]["accessModes"]:
             problems.append(f"{REQUEST_LOGS_PVC} is not ReadWriteMany: replicas on several nodes write it")
     for name in ("request_log_file_max_bytes", "request_log_max_total_bytes"):
@@ -225,7 +226,13 @@ def test_logging_checks_catch_a_misplaced_or_refused_logging_config():
     assert any("more than its logging_config" in p for p in broken(lambda o: one(o, "ConfigMap", CONFIGMAP)[
         "data"].update({"models.config": prod_config.replace('"/models/iris"', '"/models/other"')})))
     assert any("cannot hold" in p for p in broken(lambda o: one(o, "HorizontalPodAutoscaler", DEPLOYMENT)[
-        "spec"].update(maxReplicas=40)))
+        "spec"].update(maxReplicas=100)))  # 1 GiB and 101 open files of 16 MiB
+
+    def budget(objects, total: int) -> None:
+        args = serving_container(objects)["args"]
+        args[args.index("--request_log_max_total_bytes=1073741824")] = f"--request_log_max_total_bytes={total}"
+
+    assert any("cannot hold" in p for p in broken(lambda o: budget(o, 2 << 30)))
     assert any("--request_log_max_total_bytes is not set" in p for p in broken(lambda o: serving_container(o)[
         "args"].remove("--request_log_max_total_bytes=1073741824")))
 
