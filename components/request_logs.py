@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import socket
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import tensorflow as tf
 
@@ -17,6 +17,8 @@ SUFFIX = ".tfrecord"
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # UTC, microseconds: names sort by creation time
 # The stamp right after the prefix: `-20261130T140003.123456Z-`.
 _STAMP = re.compile(r"-(\d{8}T\d{6}\.\d{6}Z)-")
+# After the prefix: the stamp, the writer (`<host>-<pid>`, group 1) and the file's number.
+_WRITER = re.compile(r"-\d{8}T\d{6}\.\d{6}Z-(.*)-\d+" + re.escape(SUFFIX) + "$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")  # anything else in a host name becomes "_" in a file name
 MAX_HOST_CHARS = 63  # a DNS label's limit; keeps names short whatever the host name is
 
@@ -49,12 +51,31 @@ def file_time(path: str) -> datetime.datetime:
     return datetime.datetime.strptime(stamps[-1], STAMP_FORMAT).replace(tzinfo=datetime.timezone.utc)
 
 
-def read_records(prefix: str) -> Iterator[bytes]:
-    """Every whole record under `prefix`, oldest first, with TF's reader (CRC-checked); a file's torn tail (a
-    server killed mid-write) ends that file quietly."""
-    for path in log_files(prefix):
-        try:
-            for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-                yield record
+def _writers(prefix: str, files: List[str]) -> List[str]:
+    """Each file's writer (`<host>-<pid>` in its name); a process numbers its files in one sequence."""
+    return [_WRITER.match(path, len(prefix)).group(1) for path in files]
+
+
+def read_records(prefix: str, since: Optional[datetime.datetime] = None) -> Iterator[bytes]:
+    """Every whole record under `prefix`, oldest file first, with TF's reader (CRC-checked); a file's torn tail (a
+    server killed mid-write) ends that file quietly, and a file removed since it was listed (a writer keeping the
+    budget) is skipped. With `since`, only the files that can hold records from `since` on: a file is skipped when a
+    later file of the same writer (host and pid in its name) was opened before `since`, since that writer had
+    finished it by then."""
+    files = log_files(prefix)
+    skip = set()
+    if since is not None:
+        opened_next: Dict[str, datetime.datetime] = {}  # writer -> when its next file was opened
+        for path, writer in reversed(list(zip(files, _writers(prefix, files)))):
+            if writer in opened_next and opened_next[writer] < since:
+                skip.add(path)
+            opened_next[writer] = file_time(path)
+    for path in files:
+        if path in skip:
+            continue
+        try:  # TF's CRC-checked record reader without tf.data's eager cost per element (about 1 ms a record)
+            yield from tf.compat.v1.io.tf_record_iterator(path)
+        except (tf.errors.NotFoundError, FileNotFoundError):
+            log.info("%s: removed since it was listed (the disk budget), skipped", path)
         except tf.errors.DataLossError as e:
             log.warning("%s: stopped at a torn or corrupt record: %s", path, e.message.splitlines()[0])

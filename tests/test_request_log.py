@@ -133,6 +133,33 @@ def test_file_names_carry_time_host_and_pid_and_a_prefix_sees_only_its_own(tmp_p
         request_logs.file_time(str(tmp_path / "iris.tfrecord"))
 
 
+def write_file(prefix: str, when: datetime.datetime, host: str, records: List[bytes]) -> str:
+    """One log file as writer `host` (pid 1) would name it, opened at `when`."""
+    path = request_logs.file_name(prefix, when, 1, host=host, pid=1)
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+    return path
+
+
+def test_since_skips_files_their_writer_had_finished_and_a_removed_file_is_skipped(tmp_path):
+    prefix = str(tmp_path / "iris")
+    t = datetime.datetime(2026, 11, 30, 14, 0, tzinfo=datetime.timezone.utc)
+    minutes = lambda n: t + datetime.timedelta(minutes=n)  # noqa: E731
+    write_file(prefix, minutes(0), "a", [b"a0"])  # a's next file opened before `since`: finished, skipped
+    write_file(prefix, minutes(1), "a", [b"a1"])  # a's next file opened after `since`: may hold later records
+    write_file(prefix, minutes(3), "a", [b"a3"])
+    write_file(prefix, minutes(0), "b", [b"b0"])  # b's last file: still open at `since`
+    write_file(prefix, minutes(1), "c", [b"c1"])  # c's next file opened exactly at `since`: read
+    write_file(prefix, minutes(2), "c", [b"c2"])
+    assert sorted(request_logs.read_records(prefix, since=minutes(2))) == [b"a1", b"a3", b"b0", b"c1", b"c2"]
+    assert sorted(request_logs.read_records(prefix)) == [b"a0", b"a1", b"a3", b"b0", b"c1", b"c2"]
+    records = request_logs.read_records(prefix)
+    assert next(records) == b"a0"  # the files are listed; then a writer keeping the budget removes one
+    os.remove(request_logs.log_files(prefix)[1])
+    assert sorted(records) == [b"a1", b"a3", b"c1", b"c2"]
+
+
 def test_a_torn_tail_is_read_up_to_the_last_whole_record(tmp_path):
     file = request_log.RotatingRecordFile(str(tmp_path / "iris"), 1 << 20, 1 << 30, lambda p: None)
     file.write([b"record %d" % i for i in range(10)])
