@@ -7,6 +7,7 @@ from concurrent.futures import Executor
 from typing import Optional
 
 import grpc
+from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2, prediction_service_pb2_grpc, regression_pb2)
@@ -71,10 +72,21 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return await self._run("get_model_metadata", request, context, inference.metadata)
 
 
-def _from_bytes(method, request_type):
-    """A servicer method taking the request's bytes: parsed here as gRPC would, and handed over with them."""
+async def _parse(raw: bytes, request_type, context):
+    """The request parsed from its bytes; unparsable bytes answer INVALID_ARGUMENT, as TF Serving does (gRPC's
+    own deserializer would answer UNKNOWN "Unexpected DecodeError")."""
+    try:
+        return request_type.FromString(raw)
+    except DecodeError:  # its text only repeats the type's name
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Could not parse the request ({len(raw)} bytes): not "
+                                                              f"a valid {request_type.DESCRIPTOR.full_name}")
+
+
+def _from_bytes(method, request_type, with_raw: bool = True):
+    """A servicer method taking the request's bytes: parsed here, and handed over with them if `with_raw`."""
     async def handle(raw: bytes, context):
-        return await method(request_type.FromString(raw), context, raw)
+        request = await _parse(raw, request_type, context)
+        return await (method(request, context, raw) if with_raw else method(request, context))
     return handle
 
 
@@ -89,7 +101,7 @@ def add_prediction_service(service: PredictionService, server) -> None:
     methods = {name: grpc.unary_unary_rpc_method_handler(_from_bytes(method, request_type))
                for name, (method, request_type) in logged.items()}
     methods["GetModelMetadata"] = grpc.unary_unary_rpc_method_handler(
-        service.GetModelMetadata, request_deserializer=get_model_metadata_pb2.GetModelMetadataRequest.FromString,
+        _from_bytes(service.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest, with_raw=False),
         response_serializer=get_model_metadata_pb2.GetModelMetadataResponse.SerializeToString)
     name = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, methods),))

@@ -417,3 +417,27 @@ def test_sigkill_leaves_readable_logs(tmp_path, model):
                    for r in tf.data.TFRecordDataset(path).as_numpy_iterator())
     logs = read_logs(prefix)  # the open file too, up to a torn tail if the kill left one
     assert 200 <= len(logs) <= 400 and all(log.predict_log.response.outputs for log in logs)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_unparsable_request_bytes_answer_invalid_argument_and_are_not_logged(tmp_path, model):
+    prefix = tmp_path / "logs" / "iris"
+    server = start(tmp_path, model, [("iris", prefix, 1.0)])
+    try:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            for method, request_type in (("Predict", "PredictRequest"), ("Classify", "ClassificationRequest"),
+                                         ("MultiInference", "MultiInferenceRequest"),
+                                         ("GetModelMetadata", "GetModelMetadataRequest")):
+                call = channel.unary_unary(f"/tensorflow.serving.PredictionService/{method}",
+                                           request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
+                with pytest.raises(grpc.RpcError) as caught:
+                    call(b"\xff\xff\xff not a protobuf", timeout=30)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, caught.value.details())
+                assert caught.value.details() == ("Could not parse the request (18 bytes): not a valid "
+                                                  f"tensorflow.serving.{request_type}")
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            assert stub.Predict(predict_request(), timeout=30).outputs  # the server still answers
+    finally:
+        assert server.stop() == 0, server.log()
+    assert len(read_logs(prefix)) == 1
