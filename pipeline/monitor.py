@@ -31,6 +31,9 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # Below this many examples a window still gets its verdict, but its distances say little: random 30-row windows of
 # Fisher's own rows reach a Jensen-Shannon divergence of ~0.2 against his whole table (schema/schema.pbtxt's comment).
 MIN_RELIABLE_EXAMPLES = 100
+# Each ML Metadata gRPC call's deadline: a service that never answers (a dropped route) becomes exit 3, which the
+# CronJob retries, instead of a run hanging until the Job's activeDeadlineSeconds.
+METADATA_TIMEOUT_SECONDS = 120.0
 DECODE_CHUNK = 8192  # logged examples decoded into Arrow together: tfx-bsl's per-call cost amortized
 _WRITER = re.compile(r"-\d{8}T\d{6}\.\d{6}Z-(.*)-\d+" + re.escape(request_logs.SUFFIX) + "$")
 
@@ -302,7 +305,8 @@ def metadata_config(workdir: str, metadata_grpc: Optional[str]):
     from pipeline.config import PipelineConfig, sqlite_metadata  # pylint: disable=g-import-not-at-top
     if metadata_grpc:
         host, _, port = metadata_grpc.rpartition(":")
-        return metadata_store_pb2.MetadataStoreClientConfig(host=host, port=int(port))
+        return metadata_store_pb2.MetadataStoreClientConfig(host=host, port=int(port),
+                                                            client_timeout_sec=METADATA_TIMEOUT_SECONDS)
     path = PipelineConfig(workdir=workdir).metadata_path
     if not os.path.isfile(path):
         raise MonitorError(f"--workdir {workdir}: no ML Metadata there (no {os.path.basename(path)}): give the "
