@@ -21,7 +21,7 @@ from components import constants as c
 from serving import client, config, harness as h, input_validation as iv, loader
 from serving.errors import ServingError
 from serving.metrics import UNKNOWN_MODEL, Metrics
-from serving.servable import SignatureInfo, session_config
+from serving.servable import CHECK_OUTPUT, SignatureInfo, session_config
 
 SCHEMA = h.REPO / c.DEFAULT_SCHEMA
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -227,12 +227,17 @@ def test_examples_not_in_a_vector_are_checked_in_the_graph_too(tmp_path):
                 {c.EXAMPLES_INPUT: examples}, {"n": tf.size(examples)})})
         builder.save()
     (path / c.ASSETS_EXTRA).mkdir()
-    (path / c.ASSETS_EXTRA / c.SCHEMA_ASSET).write_text(SCHEMA.read_text())
+    nan_allowed = "float_domain { min: 0.05 max: 6.0 disallow_inf: true }"  # petal_width: NaN allowed here
+    (path / c.ASSETS_EXTRA / c.SCHEMA_ASSET).write_text(SCHEMA.read_text().replace(
+        "float_domain { min: 0.05 max: 6.0 disallow_nan: true disallow_inf: true }", nan_allowed))
     servable, _ = loader.load("tiny", 1, str(path), loader.LoaderOptions(session_config(1, 1),
                                                                           input_validation="reject"))
     try:
         assert servable.run(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA, SETOSA).reshape(2, 1)},
                             ["n"]) == {"n": 2}
+        key = (c.SERVING_SIGNATURE, (c.EXAMPLES_INPUT,), ("n", CHECK_OUTPUT))  # the graph's verdict itself
+        nan = serialized(SETOSA, [5.1, 3.5, 1.4, float("nan")]).reshape(2, 1)
+        assert servable._run_key(key, {c.EXAMPLES_INPUT: nan})[CHECK_OUTPUT]  # noqa: SLF001 - an allowed NaN: in
         with pytest.raises(ServingError, match=r"petal_width = 0.01 is below the schema's minimum 0.05 \(example 1\)"):
             servable.run(c.SERVING_SIGNATURE, {c.EXAMPLES_INPUT: serialized(SETOSA, [5.1, 3.5, 1.4, 0.01]).reshape(
                 2, 1)}, ["n"])
