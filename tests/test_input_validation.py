@@ -1,6 +1,7 @@
-"""Inputs checked against the schema's bounds at serving time: the bounds read from a schema, the vectorised check on
-arrays and serialized tf.Examples (named in Python once the graph flags them), warn/reject/off, and end to end with the pipeline's pushed model
-(which carries its schema in assets.extra/) in real server processes, over gRPC, REST and `iris-tfx predict`."""
+"""Inputs checked against the schema's bounds at serving time: the bounds read from a schema, the check on arrays (in
+float32) and on serialized tf.Examples (in the graph, named in Python when flagged), warn/reject/off, and end to end
+with the pipeline's pushed model (which carries its schema in assets.extra/) in real server processes, over gRPC, REST
+and `iris-tfx predict`."""
 import json
 import subprocess
 import urllib.error
