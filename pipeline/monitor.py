@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import sys
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
 
 from components import constants, request_logs
 
@@ -27,7 +27,6 @@ SCHEMA_FILE = "schema.pbtxt"  # what ImportSchemaGen writes into its Schema arti
 TRAIN_SPLIT = "train"
 _RELATIVE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-# In a log file's name, after its UTC stamp: the writer (`<host>-<pid>`, or `<pid>` in older names) and the file's n.
 # Below this many examples a window still gets its verdict, but its distances say little: random 30-row windows of
 # Fisher's own rows reach a Jensen-Shannon divergence of ~0.2 against his whole table (schema/schema.pbtxt's comment).
 MIN_RELIABLE_EXAMPLES = 100
@@ -35,7 +34,6 @@ MIN_RELIABLE_EXAMPLES = 100
 # CronJob retries, instead of a run hanging until the Job's activeDeadlineSeconds.
 METADATA_TIMEOUT_SECONDS = 120.0
 DECODE_CHUNK = 8192  # logged examples decoded into Arrow together: tfx-bsl's per-call cost amortized
-_WRITER = re.compile(r"-\d{8}T\d{6}\.\d{6}Z-(.*)-\d+" + re.escape(request_logs.SUFFIX) + "$")
 
 
 class MonitorError(ValueError):
@@ -240,22 +238,6 @@ def parse_log(log: "prediction_log_pb2.PredictionLog") -> Parsed:
     return Parsed([], {}, [])
 
 
-def _records(prefix: str, start: Optional[datetime.datetime]) -> Iterator[bytes]:
-    """The records of the files that can hold records from `start` on: a file is skipped when a later file of the
-    same writer (host and pid in its name) was opened before `start`, since that writer had finished it by then."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    files = request_logs.log_files(prefix)
-    writer = {path: _WRITER.search(os.path.basename(path)).group(1) for path in files}
-    for index, path in enumerate(files):
-        later = [p for p in files[index + 1:] if writer[p] == writer[path]]
-        if start is not None and later and request_logs.file_time(later[0]) < start:
-            continue
-        try:  # TF's CRC-checked record reader without tf.data's eager cost per element (about 1 ms a record)
-            yield from tf.compat.v1.io.tf_record_iterator(path)
-        except tf.errors.DataLossError:  # a torn tail (a server killed mid-write): the whole records before it count
-            _log.warning("%s: stopped at a torn or corrupt record", path)
-
-
 def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[datetime.datetime] = None,
                  ) -> Dict[Tuple[str, int], Traffic]:
     """The logged traffic with start <= time < end (either open), by (model name, version that answered)."""
@@ -263,7 +245,7 @@ def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[
     low = start.timestamp() if start else float("-inf")
     high = end.timestamp() if end else float("inf")
     found: Dict[Tuple[str, int], Traffic] = {}
-    for data in _records(prefix, start):
+    for data in request_logs.read_records(prefix, start):  # only the files that can hold the window
         log = prediction_log_pb2.PredictionLog.FromString(data)
         timestamp = float(log.log_metadata.timestamp_secs)
         if not low <= timestamp < high:

@@ -160,16 +160,6 @@ def test_traffic_is_grouped_by_version_and_window_and_times_parse(tmp_path):
             monitor.parse_since(bad, now)
 
 
-def test_since_skips_the_files_their_writer_had_finished_before_it(tmp_path):
-    now = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)
-    hours = [now - datetime.timedelta(hours=h) for h in (3, 2, 2.5)]
-    for host, opened, rows in (("a", hours[0], ROWS[:1]), ("a", hours[1], ROWS[1:3]), ("b", hours[2], ROWS[3:6])):
-        write_logs(tmp_path / "iris", host, opened, [logged(1, opened.timestamp(), row) for row in rows])
-    start = now - datetime.timedelta(hours=1)  # a's first file was done when a opened its second, before `start`
-    assert len(list(monitor._records(str(tmp_path / "iris"), start))) == 2 + 3  # pylint: disable=protected-access
-    assert len(list(monitor._records(str(tmp_path / "iris"), None))) == 1 + 2 + 3  # pylint: disable=protected-access
-
-
 def test_no_log_files_is_one_line_and_exit_2(tmp_path, capsys):
     from iris_tfx import main  # pylint: disable=import-outside-toplevel
     assert main.main(["monitor", "--logs", str(tmp_path / "none"), "--workdir", str(tmp_path)]) == 2
