@@ -2,6 +2,7 @@
 
 pytest loads this file before any test module: runtime.prepare() here comes before anything imports TensorFlow,
 and the processes the tests start inherit its environment."""
+import os
 import pathlib
 import subprocess
 import time
@@ -69,3 +70,10 @@ def pushed_model(pipeline_run) -> pathlib.Path:
     versions = pipeline_run.versions()
     assert len(versions) == 1, versions
     return pipeline_run.serving_dir / versions[0]
+
+
+@pytest.fixture(scope="module")
+def model(request) -> pathlib.Path:
+    """The pipeline's pushed model; IRIS_TFX_TEST_MODEL_DIR=<base>/<version> reuses one an earlier run pushed."""
+    path = os.environ.get("IRIS_TFX_TEST_MODEL_DIR")
+    return pathlib.Path(path) if path else request.getfixturevalue("pushed_model")

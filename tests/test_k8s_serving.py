@@ -4,7 +4,6 @@ serving NetworkPolicy; the image and the prod lockdown, and the prod model serve
 import copy
 import importlib.metadata
 import json
-import os
 import pathlib
 from typing import Dict, List, Set, Tuple
 
@@ -318,13 +317,6 @@ def test_prod_locks_down_model_management_and_model_paths():
 
 
 # --- the prod overlay's model server, run for real ------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def model(request) -> pathlib.Path:
-    """The pipeline's pushed model; IRIS_TFX_TEST_MODEL_DIR=<base>/<version> reuses one an earlier run pushed."""
-    path = os.environ.get("IRIS_TFX_TEST_MODEL_DIR")
-    return pathlib.Path(path) if path else request.getfixturevalue("pushed_model")
-
 
 @pytest.mark.e2e
 def test_prod_model_server_serves_its_configmap_and_refuses_model_management(model, tmp_path):

@@ -287,13 +287,6 @@ def test_bad_logging_config_and_flags_are_refused_with_one_line(tmp_path):
 
 
 # --- real servers ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model(request) -> pathlib.Path:
-    """The pipeline's pushed model; IRIS_TFX_TEST_MODEL_DIR=<base>/<version> reuses one an earlier run pushed."""
-    path = os.environ.get("IRIS_TFX_TEST_MODEL_DIR")
-    return pathlib.Path(path) if path else request.getfixturevalue("pushed_model")
-
-
 def start(tmp_path: pathlib.Path, model: pathlib.Path, models, *flags: str) -> h.ServerProcess:
     """A server over a copy of the pushed model, serving `models` (name, prefix, rate) from its config file."""
     base = tmp_path / "models"

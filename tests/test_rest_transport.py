@@ -2,8 +2,6 @@
 confused, JSON errors without Python class names, one-read responses (TCP_NODELAY, headers and body in one
 write), and a SIGTERM drain under load on both transports."""
 import json
-import os
-import pathlib
 import socket
 import threading
 import time
@@ -21,13 +19,6 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.e2e]  # real server processe
 DEADLINE_S = 1.5  # --rest_api_timeout_in_ms of the test server: header and body deadlines
 ROW = dict(zip(c.FEATURE_KEYS, [5.1, 3.5, 1.4, 0.2]))
 PREDICT_BODY = json.dumps({"signature_name": c.RAW_SIGNATURE, "instances": [ROW]}).encode()
-
-
-@pytest.fixture(scope="module")
-def model(request) -> pathlib.Path:
-    """The pipeline's pushed model; IRIS_TFX_TEST_MODEL_DIR=<base>/<version> reuses one an earlier run pushed."""
-    path = os.environ.get("IRIS_TFX_TEST_MODEL_DIR")
-    return pathlib.Path(path) if path else request.getfixturevalue("pushed_model")
 
 
 @pytest.fixture(scope="module")
