@@ -150,7 +150,8 @@ class Bounds:
             j = self.index.get(name)
             if j is None or array.dtype.kind not in "fiu":
                 continue
-            values = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
+            values = np.atleast_1d(array)  # one row per example; an empty batch is [0, k] (reshape's -1 fails on it)
+            values = values.reshape(values.shape[0], int(np.prod(values.shape[1:])))
             found += self.check_values(j, values.ravel(), np.repeat(np.arange(len(values)), values.shape[1]))
         return sorted(found, key=lambda v: (v.example, self.index[v.feature]))
 

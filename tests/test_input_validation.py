@@ -97,6 +97,10 @@ def test_raw_arrays_in_bounds_pass_and_each_value_out_is_named(bounds):
     assert messages(bounds.check_columns(bad)) == [
         "petal_width = 0.01 is below the schema's minimum 0.05 (example 0)",
         "sepal_length = 500 is above the schema's maximum 20.0 (example 1)"]
+    empty = {"sepal_length": np.zeros([0], np.float32), "petal_width": np.zeros([0, 1], np.float32)}
+    assert bounds.check_columns(empty) == []  # an empty batch: nothing to check, not an error
+    assert messages(bounds.check_columns({"sepal_length": np.float32(500)})) == [  # a scalar is one example
+        "sepal_length = 500 is above the schema's maximum 20.0 (example 0)"]
 
 
 def test_values_are_compared_as_the_model_sees_them_in_float32(bounds):
