@@ -222,7 +222,7 @@ def parse_log(log: "prediction_log_pb2.PredictionLog") -> Parsed:
         if constants.EXAMPLES_INPUT in inputs:
             return Parsed(list(inputs[constants.EXAMPLES_INPUT].string_val), {}, predicted)
         arrays = {name: np.atleast_1d(tf.make_ndarray(tensor)) for name, tensor in inputs.items()}
-        raw = {name: a.reshape(len(a), -1).astype("float32")  # one row per example, [n] or [n, 1]
+        raw = {name: a.reshape(len(a), int(np.prod(a.shape[1:]))).astype("float32")  # a row per example; [0] too
                for name, a in arrays.items() if a.dtype.kind in "fiu"}
         return Parsed([], raw, predicted)
     if kind == "classify_log":

@@ -79,6 +79,10 @@ def test_predict_logs_with_raw_features_or_examples_read_alike():
     batch, predicted = read(raw, examples, raw)  # one batch for TFDV, each example beside its prediction
     assert column(batch, "petal_length") == pytest.approx([1.4, 1.4, None, 1.4, 1.4, 1.4, 1.4], nan_ok=True)
     assert predicted == ["versicolor", "setosa", "virginica"] + ["setosa", "virginica"] * 2
+    empty = prediction_log_pb2.PredictionLog()  # an empty batch: no examples, not a request that cannot be read
+    for k in c.FEATURE_KEYS:
+        empty.predict_log.request.inputs[k].CopyFrom(tf.make_tensor_proto([], tf.float32))
+    assert all(a.shape == (0, 1) for a in monitor.parse_log(empty).raw.values())
 
 
 def test_examples_decoded_in_chunks_keep_their_order_and_predictions(monkeypatch):
