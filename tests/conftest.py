@@ -4,9 +4,11 @@ pytest loads this file before any test module: runtime.prepare() here comes befo
 and the processes the tests start inherit its environment."""
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import time
-from typing import Callable, List, Sequence
+from typing import Callable, List, Sequence, Tuple
 
 import pytest
 
@@ -19,6 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 IRIS_CSV = REPO / "data" / "iris.csv"
 # Bad-input runs stop before training: Beam's in-memory mode starts no worker processes at all.
 FAST_BEAM = ["--beam-arg=--direct_running_mode=in_memory"]
+ANY_URL = re.compile(r"https?://", re.I)  # a report must fetch nothing
 
 
 def iris_tfx_command() -> str:
@@ -77,3 +80,25 @@ def model(request) -> pathlib.Path:
     """The pipeline's pushed model; IRIS_TFX_TEST_MODEL_DIR=<base>/<version> reuses one an earlier run pushed."""
     path = os.environ.get("IRIS_TFX_TEST_MODEL_DIR")
     return pathlib.Path(path) if path else request.getfixturevalue("pushed_model")
+
+
+def run_chromium(page: pathlib.Path, tmp_path: pathlib.Path, *mode: str) -> Tuple[str, str]:
+    """Chromium, headless, on the file with the network cut off (its own empty network namespace when the
+    machine allows one) and background fetching disabled: (stdout, the console lines it logged)."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed (make setup installs Debian's chromium)"
+    isolated = subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+    offline = ["unshare", "--net"] if isolated else []
+    result = subprocess.run(
+        offline + [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   f"--user-data-dir={tmp_path / 'chromium'}", "--enable-logging=stderr", "--v=0", *mode,
+                   page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, "\n".join(line for line in result.stderr.splitlines() if ":CONSOLE" in line)
+
+
+def figures_in(dom: str) -> dict:
+    """Each <figure id="figure-NAME"> of the dumped DOM -> whether it holds a drawn <svg> with content."""
+    return {name: bool(re.search(r"<svg[^>]*>.*<(path|text|g)\b", body, re.S))
+            for name, body in re.findall(r'<figure id="figure-([^"]+)"[^>]*>(.*?)</figure>', dom, re.S)}

@@ -3,19 +3,14 @@ the network cut off (page loads, no console message, every figure drawn, no URL 
 import gzip
 import pathlib
 import re
-import shutil
-import subprocess
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 import pytest
 
 from components import constants
-from conftest import FAST_BEAM, IRIS_CSV, iris_tfx
+from conftest import ANY_URL, FAST_BEAM, IRIS_CSV, figures_in, iris_tfx, run_chromium
 from pipeline import report, report_figures, summary
-
-_URL = re.compile(r"https?://", re.I)
-
 
 def _ids(svg: str) -> List[str]:
     return re.findall(r'\bid="([^"]*)"', svg)
@@ -29,7 +24,7 @@ def test_figures_are_inline_svg_without_urls_or_shared_ids():
     second = report_figures.training_curves_svg("training", {"loss": {"train": [(10, 1.0), (20, 0.5)]}})
     for svg in (first, second):
         assert svg.startswith("<svg") and svg.endswith("</svg>")
-        assert not _URL.search(svg), _URL.search(svg)
+        assert not ANY_URL.search(svg), ANY_URL.search(svg)
     assert "sepal_length" in first and "setosa (20)" in first  # text kept as text: the axis and the legend
     assert _ids(first) and not set(_ids(first)) & set(_ids(second))
     assert all(i.startswith("data-train-") for i in _ids(first))
@@ -48,7 +43,7 @@ def test_pipeline_graph_shows_each_status_and_time():
     assert "CsvExampleGen COMPLETE 1.2s" in text or "CsvExampleGen COMPLETE 1.3s" in text
     assert "AnomaliesGate FAILED 0.5s" in text and "Transform NOT RUN" in text and "examples" in text
     assert report_figures.STATUS_COLOURS["FAILED"] in svg and report_figures.STATUS_COLOURS["COMPLETE"] in svg
-    assert svg.count('class="edge"') == 2 and not _URL.search(svg)
+    assert svg.count('class="edge"') == 2 and not ANY_URL.search(svg)
 
 
 def test_confusion_matrix_counts():
@@ -96,28 +91,6 @@ def test_page_of_a_refused_run_says_what_and_where_and_escapes_text():
 
 # --- real runs in a real browser ------------------------------------------------------------------------------
 
-def _chromium(page: pathlib.Path, tmp_path: pathlib.Path, *mode: str) -> Tuple[str, str]:
-    """Chromium, headless, on the file with the network cut off (its own empty network namespace when the
-    machine allows one) and background fetching disabled: (stdout, the console lines it logged)."""
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is not installed (make setup installs Debian's chromium)"
-    isolated = subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
-    offline = ["unshare", "--net"] if isolated else []
-    result = subprocess.run(
-        offline + [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                   f"--user-data-dir={tmp_path / 'chromium'}", "--enable-logging=stderr", "--v=0", *mode,
-                   page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout, "\n".join(line for line in result.stderr.splitlines() if ":CONSOLE" in line)
-
-
-def _figures_in(dom: str) -> dict:
-    """Each <figure id="figure-NAME"> of the dumped DOM -> whether it holds a drawn <svg> with content."""
-    return {name: bool(re.search(r"<svg[^>]*>.*<(path|text|g)\b", body, re.S))
-            for name, body in re.findall(r'<figure id="figure-([^"]+)"[^>]*>(.*?)</figure>', dom, re.S)}
-
-
 @pytest.mark.e2e
 def test_report_of_a_real_run_opens_offline_with_every_figure(pipeline_run, tmp_path):
     # The session's first run (later tests run again on its workdir, with a baseline then).
@@ -127,11 +100,11 @@ def test_report_of_a_real_run_opens_offline_with_every_figure(pipeline_run, tmp_
     path = pathlib.Path(result.stdout.strip().splitlines()[-1].removeprefix("Report: "))
     assert path == pipeline_run.workdir / "reports" / f"{run_id}.html"
     text = path.read_text()
-    assert not _URL.search(text), _URL.search(text)
-    dom, console = _chromium(path, tmp_path, "--dump-dom")
+    assert not ANY_URL.search(text), ANY_URL.search(text)
+    dom, console = run_chromium(path, tmp_path, "--dump-dom")
     assert console == "", console  # the page runs no script: any console line is a blocked fetch or an error
     # (other tests may have monitored this run's model: test_report_monitoring checks that section)
-    assert {name: drawn for name, drawn in _figures_in(dom).items() if not name.startswith("monitor-")} == {
+    assert {name: drawn for name, drawn in figures_in(dom).items() if not name.startswith("monitor-")} == {
         "graph": True, "data-train": True, "data-eval": True, "training": True, "confusion-new": True}
     version = pipeline_run.versions()[0]
     assert f"Iris pipeline run {run_id}" in dom and "Model blessed: <b>yes</b>" in dom
@@ -159,19 +132,19 @@ def test_report_of_refused_data_shows_the_refusal_and_the_rows(tmp_path):
         errors[workdir.name] = re.search(r"failed: (.*)\nNo model was pushed", result.stderr, re.S).group(1)
 
     page = pathlib.Path(report.write_report(str(tmp_path / "w1"), failure=errors["w1"]))
-    dom, console = _chromium(page, tmp_path, "--dump-dom")
-    assert console == "" and not _URL.search(page.read_text())
+    dom, console = run_chromium(page, tmp_path, "--dump-dom")
+    assert console == "" and not ANY_URL.search(page.read_text())
     assert re.search(r"The data was refused by CsvExampleGen:</b><pre>[^<]*sepal_width[^<]*wide", dom)
     assert "<td class=\"num\">9</td><td><code>5.0,wide,1.4,0.2,setosa</code></td>" in dom
-    assert _figures_in(dom) == {"graph": True}
+    assert figures_in(dom) == {"graph": True}
     assert re.search(r"CsvExampleGen\s*</text>\s*<text[^>]*>FAILED", dom)
 
     page = pathlib.Path(report.write_report(str(tmp_path / "w2"), failure=errors["w2"]))
-    dom, console = _chromium(page, tmp_path, "--dump-dom")
+    dom, console = run_chromium(page, tmp_path, "--dump-dom")
     assert console == ""
     assert re.search(r"The data was refused by AnomaliesGate:</b><pre>[^<]*line \d+: sepal_length "
                      r"'500(\.0)?' is above the schema's maximum", dom)  # the browser's DOM: quotes unescaped
-    assert _figures_in(dom) == {"graph": True, "data-train": True, "data-eval": True}
+    assert figures_in(dom) == {"graph": True, "data-train": True, "data-eval": True}
     assert re.search(r"Transform\s*</text>\s*<text[^>]*>NOT RUN", dom) and "Pushed: nothing" in dom
 
 

@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 
 from components import constants
-from conftest import IRIS_CSV, iris_tfx
+from conftest import ANY_URL, IRIS_CSV, figures_in, iris_tfx, run_chromium
 from pipeline import report, report_figures, report_monitoring, summary
-from test_report import _URL, _chromium, _figures_in
 
 RUN_ID = "20260101-000000.000001"
 WIDTHS = ("sepal_width", "petal_width")
@@ -124,7 +123,7 @@ def test_newest_result_is_read_with_both_distributions(workdir):
 
 def test_section_draws_each_feature_and_the_species_mix(workdir):
     page = _page(workdir)
-    assert '<section id="monitoring">' in page and not _URL.search(page)
+    assert '<section id="monitoring">' in page and not ANY_URL.search(page)
     section = page[page.index('<section id="monitoring">'):]
     names = {report_monitoring.figure_name(name) for name in constants.FEATURE_KEYS} | {"monitor-species"}
     assert set(re.findall(r'<figure id="figure-([^"]+)"', section)) == names
@@ -270,10 +269,10 @@ def test_report_with_a_monitor_result_opens_offline_with_every_picture(pipeline_
     results = workdir / constants.MONITORING_DIR / run_id
     write_result(results / "20260102T100000Z", training, statistics["shifted"])
     page = pathlib.Path(report.write_report(str(workdir), run_id))
-    assert not _URL.search(page.read_text())
-    dom, console = _chromium(page, tmp_path, "--dump-dom")
+    assert not ANY_URL.search(page.read_text())
+    dom, console = run_chromium(page, tmp_path, "--dump-dom")
     assert console == "", console
-    drawn = _figures_in(dom)
+    drawn = figures_in(dom)
     assert {name: ok for name, ok in drawn.items() if name.startswith("monitor-")} == {
         **{report_monitoring.figure_name(name): True for name in constants.FEATURE_KEYS}, "monitor-species": True}
     assert all(drawn.values()) and "Skew or drift found: <b>yes</b>" in dom
@@ -283,10 +282,10 @@ def test_report_with_a_monitor_result_opens_offline_with_every_picture(pipeline_
 
     (results / "20260102T110000Z").mkdir()  # a newer result whose monitor died before writing anything
     page = pathlib.Path(report.write_report(str(workdir), run_id))
-    dom, console = _chromium(page, tmp_path, "--dump-dom")
+    dom, console = run_chromium(page, tmp_path, "--dump-dom")
     assert console == ""
     assert re.search(r"could not be read in full:</b><ul><li>\S+20260102T110000Z/result\.json: cannot be read", dom)
-    assert not any(name.startswith("monitor-") for name in _figures_in(dom)) and "Model blessed" in dom
+    assert not any(name.startswith("monitor-") for name in figures_in(dom)) and "Model blessed" in dom
 
 
 @pytest.mark.e2e
@@ -321,10 +320,10 @@ def test_a_real_monitor_result_renders_in_the_runs_report(pipeline_run, pushed_m
     result = iris_tfx("monitor", "--logs", str(tmp_path / "logs" / "iris"), "--workdir", str(workdir))
     assert result.returncode == 1, result.stdout + result.stderr  # skew found
     page = workdir / "reports" / f"{run_id}.html"
-    assert f"Report: {page}" in result.stdout and not _URL.search(page.read_text())
-    dom, console = _chromium(page, tmp_path, "--dump-dom")
+    assert f"Report: {page}" in result.stdout and not ANY_URL.search(page.read_text())
+    dom, console = run_chromium(page, tmp_path, "--dump-dom")
     assert console == "", console
-    drawn = _figures_in(dom)
+    drawn = figures_in(dom)
     assert {name: ok for name, ok in drawn.items() if name.startswith("monitor-")} == {
         **{report_monitoring.figure_name(name): True for name in constants.FEATURE_KEYS}, "monitor-species": True}
     assert all(drawn.values()) and "could not be read" not in dom
