@@ -174,11 +174,13 @@ def _histogram(statistics: "statistics_pb2.DatasetFeatureStatistics", feature: s
         return None
     by_type = {h.type: h for h in found[0].num_stats.histograms if h.buckets}
     chosen = by_type.get(statistics_pb2.Histogram.STANDARD) or by_type.get(statistics_pb2.Histogram.QUANTILES)
-    if chosen is None:
+    # An infinite value gets a bucket with an infinite edge, which no axis can draw: it is left out of the picture
+    # (the table counts it among the values out of the schema's domain).
+    buckets = [b for b in chosen.buckets if np.isfinite(b.low_value) and np.isfinite(b.high_value)] if chosen else []
+    if not buckets:
         return None
-    return figures.Histogram(np.array([b.low_value for b in chosen.buckets]),
-                             np.array([b.high_value for b in chosen.buckets]),
-                             np.array([b.sample_count for b in chosen.buckets]))
+    return figures.Histogram(np.array([b.low_value for b in buckets]), np.array([b.high_value for b in buckets]),
+                             np.array([b.sample_count for b in buckets]))
 
 
 def _anomalies(monitoring: Monitoring) -> Optional[List[str]]:

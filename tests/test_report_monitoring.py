@@ -195,6 +195,23 @@ def test_quantiles_stand_in_for_a_missing_equi_width_histogram(workdir, statisti
     assert len(monitoring.histograms["petal_length"]["training"].counts) == 10 and monitoring.problems == []
 
 
+def test_an_infinite_values_bucket_is_left_out_of_the_picture(workdir, statistics):
+    """TFDV puts an infinite value (traffic the schema disallows) in a bucket with an infinite edge: the picture
+    leaves it out rather than draw an axis to infinity."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2  # pylint: disable=g-import-not-at-top
+    serving = statistics_pb2.DatasetFeatureStatisticsList()
+    serving.CopyFrom(statistics["shifted"])
+    feature = next(f for f in serving.datasets[0].features if f.path.step == ["petal_length"])
+    standard = next(h for h in feature.num_stats.histograms if h.type == statistics_pb2.Histogram.STANDARD)
+    standard.buckets.add(low_value=float("inf"), high_value=float("inf"), sample_count=1)
+    newest = workdir / constants.MONITORING_DIR / RUN_ID / "20260102T100000Z"
+    (newest / "serving_statistics.pb").write_bytes(serving.SerializeToString())
+    monitoring = report_monitoring.read(str(workdir), RUN_ID)
+    drawn = monitoring.histograms["petal_length"]["serving"]
+    assert np.isfinite(drawn.lows).all() and np.isfinite(drawn.highs).all() and len(drawn.counts) == 10
+    assert "nan" not in report_monitoring.build_figures(monitoring)["monitor-petal_length"].lower()
+
+
 def test_a_run_never_monitored_has_no_section(tmp_path):
     (tmp_path / constants.MONITORING_DIR / RUN_ID / "not-a-stamp").mkdir(parents=True)
     assert report_monitoring.read(str(tmp_path), RUN_ID) is None
