@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from components import constants as c
 from serving import defaults
-from serving.input_validation import Bounds, Violation
+from components.schema_bounds import Bounds, Violation
 
 Row = Union[Mapping[str, float], Sequence[float]]
 CHUNK_ROWS = 1000  # rows per Predict request when a CSV file has many

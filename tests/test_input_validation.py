@@ -18,7 +18,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_serving.apis import (classification_pb2, inference_pb2, predict_pb2, prediction_service_pb2_grpc)
 
-from components import constants as c
+from components import constants as c, schema_bounds as sb
 from serving import client, config, harness as h, input_validation as iv, loader
 from serving.errors import ServingError
 from serving.metrics import UNKNOWN_MODEL, Metrics
@@ -53,7 +53,7 @@ def bounds() -> iv.Bounds:
 # --- bounds from a schema -------------------------------------------------------------------------------------
 def test_bounds_are_the_float_domains_of_the_serving_environment(bounds):
     assert bounds.names == c.FEATURE_KEYS  # species: not_in_environment SERVING
-    assert bounds.bounds["sepal_length"] == iv.Bound(0.5, 20.0, True, True)
+    assert bounds.bounds["sepal_length"] == sb.Bound(0.5, 20.0, True, True)
     assert bounds.bounds["petal_width"].max == pytest.approx(6.0)
 
 
@@ -69,8 +69,8 @@ def test_environments_named_domains_and_open_bounds():
         """, schema_pb2.Schema())
     bounds = iv.Bounds.from_schema(schema)
     assert bounds.names == ("a", "b", "d")
-    assert bounds.bounds["a"] == iv.Bound(1.0, None, False, False)
-    assert bounds.bounds["b"] == iv.Bound(-1.0, 1.0, True, False)
+    assert bounds.bounds["a"] == sb.Bound(1.0, None, False, False)
+    assert bounds.bounds["b"] == sb.Bound(-1.0, 1.0, True, False)
     values = {"a": np.array([np.inf, np.nan, 0.0]), "b": np.array([0.5, np.nan, 2.0]),
               "d": np.array([-np.inf, 1e30, np.inf])}
     assert messages(bounds.check_columns(values)) == [
