@@ -28,8 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `monitor --logs PREFIX [--workdir DIR | --metadata_grpc HOST:PORT] [--since TIME]`."""
     monitor = subparsers.add_parser(
         "monitor", help="skew and drift of the logged requests against the model's training data (exit 1 if found)",
-        description="Exit codes: 0 no skew or drift, 1 skew or drift found, 2 bad input, 3 no verdict because "
-                    "something failed (ML Metadata unreachable, statistics unreadable, an internal error).")
+        description="Each model version in the logs is judged on its own. Exit codes: 1 skew or drift found in "
+                    "any version judged; else 2 if a version has no push or training data in ML Metadata (one "
+                    "error line each: the others are still judged) or on bad input (no logs, a bad time, an empty "
+                    "window); else 0. 3: no verdict because something failed (ML Metadata unreachable, statistics "
+                    "unreadable, an internal error).")
     monitor.add_argument("--logs", required=True, metavar="PREFIX",
                          help="the logging_config filename_prefix the server writes <PREFIX>-*.tfrecord under")
     monitor.add_argument("--workdir", default=DEFAULT_WORKDIR,
@@ -49,7 +52,7 @@ def _monitor(args: argparse.Namespace) -> int:
     from pipeline import monitor  # pylint: disable=g-import-not-at-top  (imports TensorFlow and TFDV)
     from pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
     try:
-        results = monitor.monitor(args.logs, args.workdir, args.metadata_grpc, args.since)
+        outcome = monitor.monitor(args.logs, args.workdir, args.metadata_grpc, args.since)
     except monitor.MonitorError as err:
         console.error(str(err))
         return EXIT_USAGE
@@ -62,7 +65,7 @@ def _monitor(args: argparse.Namespace) -> int:
                       f"{EXIT_FAILED})")
         return EXIT_FAILED
     found = False
-    for result, directory in results:
+    for result, directory in outcome.results:
         print("\n".join(monitor.verdict_lines(result)))
         print(f"Result: {directory}")
         found |= result.found
@@ -75,5 +78,13 @@ def _monitor(args: argparse.Namespace) -> int:
                 _log.debug("report not written", exc_info=True)
                 print(f"iris-tfx: warning: the report of run {run_id} was not updated: {type(err).__name__}: "
                       f"{monitor.first_line(err)}", file=sys.stderr)
-    print("Skew or drift found (exit 1)." if found else "No skew or drift found.")
-    return EXIT_FOUND if found else EXIT_OK
+    for line in outcome.unknown:
+        console.error(line)
+    if found:
+        print("Skew or drift found (exit 1).")
+        return EXIT_FOUND
+    if outcome.unknown:
+        print(f"No skew or drift found in the versions judged; {len(outcome.unknown)} not judged (exit 2).")
+        return EXIT_USAGE
+    print("No skew or drift found.")
+    return EXIT_OK

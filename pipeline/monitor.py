@@ -593,10 +593,17 @@ def verdict_lines(result: Result) -> List[str]:
     return lines
 
 
+class Outcome(NamedTuple):
+    """What one monitor call judged: (result, its directory) per version judged, and one line per version that
+    answered requests but could not be judged (no training data found for it), saying where the monitor looked."""
+    results: List[Tuple[Result, str]]
+    unknown: List[str]
+
+
 def monitor(logs: str, workdir: str, metadata_grpc: Optional[str] = None, since: Optional[str] = None,
-            now: Optional[datetime.datetime] = None) -> List[Tuple[Result, str]]:
+            now: Optional[datetime.datetime] = None) -> Outcome:
     """Reads the window's traffic, finds each answering version's training data, compares and writes the results;
-    (result, its directory) per version. MonitorError for bad input."""
+    a version whose training data is not found does not stop the others being judged. MonitorError for bad input."""
     now = now or utc_now()
     start = parse_since(since, now) if since else None
     if not request_logs.log_files(logs):
@@ -610,9 +617,13 @@ def monitor(logs: str, workdir: str, metadata_grpc: Optional[str] = None, since:
     previous = read_traffic(logs, previous_start, start) if start else {}
     connection = metadata_config(workdir, metadata_grpc)
     where = f"the metadata service {metadata_grpc}" if metadata_grpc else f"--workdir {workdir}'s ML Metadata"
-    results = []
+    outcome = Outcome([], [])
     for key, traffic in sorted(current.items()):
-        training = find_training(connection, where, traffic.model, traffic.version)
+        try:
+            training = find_training(connection, where, traffic.model, traffic.version)
+        except MonitorError as e:
+            outcome.unknown.append(str(e))
+            continue
         result = compare(traffic, training, previous.get(key), logs, start, now)
-        results.append((result, write_result(result, workdir, now)))
-    return results
+        outcome.results.append((result, write_result(result, workdir, now)))
+    return outcome

@@ -178,6 +178,22 @@ def error_lines(stderr: str) -> List[str]:
     return [line for line in stderr.splitlines() if line.startswith("iris-tfx: error: ")]
 
 
+def test_each_version_ml_metadata_has_no_push_of_is_one_line_and_exit_2(tmp_path, capsys):
+    from ml_metadata.metadata_store import metadata_store  # pylint: disable=import-outside-toplevel
+    from iris_tfx import main  # pylint: disable=import-outside-toplevel
+    from pipeline.config import sqlite_metadata  # pylint: disable=import-outside-toplevel
+    metadata_store.MetadataStore(sqlite_metadata(str(tmp_path / "metadata.sqlite")))  # a real, empty store
+    now = time.time()
+    write_logs(tmp_path / "iris", "a", datetime.datetime.now(datetime.timezone.utc),
+               [logged(7, now, ROWS[0]), logged(8, now, ROWS[1])])
+    assert main.main(["monitor", "--logs", str(tmp_path / "iris"), "--workdir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert [line.split(" answered")[0] for line in error_lines(captured.err)] == [
+        "iris-tfx: error: model iris version 7", "iris-tfx: error: model iris version 8"], captured.err
+    assert all(f"--workdir {tmp_path}'s ML Metadata records no push" in line for line in error_lines(captured.err))
+    assert "2 not judged (exit 2)" in captured.out
+
+
 def test_unreachable_metadata_is_one_line_and_exit_3_not_a_verdict(tmp_path):
     write_logs(tmp_path / "iris", "a", datetime.datetime.now(datetime.timezone.utc), [logged(1, time.time(), ROWS[0])])
     result = iris_tfx("monitor", "--logs", str(tmp_path / "iris"), "--metadata_grpc", "127.0.0.1:1",
