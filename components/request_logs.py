@@ -17,8 +17,9 @@ SUFFIX = ".tfrecord"
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # UTC, microseconds: names sort by creation time
 # The stamp right after the prefix: `-20261130T140003.123456Z-`.
 _STAMP = re.compile(r"-(\d{8}T\d{6}\.\d{6}Z)-")
-# After the prefix: the stamp, the writer (`<host>-<pid>`, group 1) and the file's number.
-_WRITER = re.compile(r"-\d{8}T\d{6}\.\d{6}Z-(.*)-\d+" + re.escape(SUFFIX) + "$")
+# After the prefix, the whole rest of a log file's name: the stamp, the writer (`<host>-<pid>`, group 1) and the
+# file's number.
+_WRITER = re.compile(r"-\d{8}T\d{6}\.\d{6}Z-(.+-\d+)-\d+" + re.escape(SUFFIX) + "$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")  # anything else in a host name becomes "_" in a file name
 MAX_HOST_CHARS = 63  # a DNS label's limit; keeps names short whatever the host name is
 
@@ -38,9 +39,10 @@ def file_name(prefix: str, when: datetime.datetime, n: int, host: Optional[str] 
 
 def log_files(prefix: str) -> List[str]:
     """The log files written under `prefix`, oldest first (their names sort by creation time); files of another
-    prefix that merely starts with this one (`iris-canary` for `iris`) are not among them."""
+    prefix that merely starts with this one (`iris-canary` for `iris`), or not named as the writer names them
+    (`iris-<stamp>-x.tfrecord`), are not among them."""
     start = len(prefix)
-    return sorted(p for p in glob.glob(glob.escape(prefix) + "-*" + SUFFIX) if _STAMP.match(p, start))
+    return sorted(p for p in glob.glob(glob.escape(prefix) + "-*" + SUFFIX) if _WRITER.match(p, start))
 
 
 def file_time(path: str) -> datetime.datetime:

@@ -241,12 +241,17 @@ def parse_log(log: "prediction_log_pb2.PredictionLog") -> Parsed:
 def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[datetime.datetime] = None,
                  ) -> Dict[Tuple[str, int], Traffic]:
     """The logged traffic with start <= time < end (either open), by (model name, version that answered)."""
+    from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
     from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top,redefined-outer-name
     low = start.timestamp() if start else float("-inf")
     high = end.timestamp() if end else float("inf")
     found: Dict[Tuple[str, int], Traffic] = {}
     for data in request_logs.read_records(prefix, start):  # only the files that can hold the window
-        log = prediction_log_pb2.PredictionLog.FromString(data)
+        try:
+            log = prediction_log_pb2.PredictionLog.FromString(data)
+        except DecodeError as e:  # a whole TFRecord that is not a PredictionLog: not a reason to judge nothing
+            _log.warning("%s: skipped a record that is not a PredictionLog (%d bytes): %s", prefix, len(data), e)
+            continue
         timestamp = float(log.log_metadata.timestamp_secs)
         if not low <= timestamp < high:
             continue

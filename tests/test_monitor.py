@@ -164,6 +164,20 @@ def test_traffic_is_grouped_by_version_and_window_and_times_parse(tmp_path):
             monitor.parse_since(bad, now)
 
 
+def test_a_record_that_is_not_a_prediction_log_is_one_warning_and_skipped(tmp_path, caplog):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    path = request_logs.file_name(str(tmp_path / "iris"), now, 1, host="a", pid=1)
+    with tf.io.TFRecordWriter(path) as writer:  # a whole, CRC-checked record whose bytes are no PredictionLog
+        writer.write(logged(1, now.timestamp(), ROWS[0]).SerializeToString())
+        writer.write(b"\x0a\xff")
+        writer.write(logged(1, now.timestamp(), ROWS[1]).SerializeToString())
+    traffic = monitor.read_traffic(str(tmp_path / "iris"), None)
+    assert traffic[("iris", 1)].examples == 2
+    assert [r.getMessage().split(" (")[0] for r in caplog.records
+            if r.levelname == "WARNING" and r.name == monitor.__name__] == [
+        f"{tmp_path / 'iris'}: skipped a record that is not a PredictionLog"]
+
+
 def test_no_log_files_is_one_line_and_exit_2(tmp_path, capsys):
     from iris_tfx import main  # pylint: disable=import-outside-toplevel
     assert main.main(["monitor", "--logs", str(tmp_path / "none"), "--workdir", str(tmp_path)]) == 2

@@ -152,6 +152,9 @@ def test_since_skips_files_their_writer_had_finished_and_a_removed_file_is_skipp
     write_file(prefix, minutes(0), "b", [b"b0"])  # b's last file: still open at `since`
     write_file(prefix, minutes(1), "c", [b"c1"])  # c's next file opened exactly at `since`: read
     write_file(prefix, minutes(2), "c", [b"c2"])
+    stray = write_file(prefix, minutes(0), "d", [b"d0"]).replace("-d-1-000001", "-x")  # not the writer's pattern
+    os.rename(stray.replace("-x", "-d-1-000001"), stray)
+    assert stray not in request_logs.log_files(prefix)
     assert sorted(request_logs.read_records(prefix, since=minutes(2))) == [b"a1", b"a3", b"b0", b"c1", b"c2"]
     assert sorted(request_logs.read_records(prefix)) == [b"a0", b"a1", b"a3", b"b0", b"c1", b"c2"]
     records = request_logs.read_records(prefix)
