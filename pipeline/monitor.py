@@ -15,6 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
 
 from components import constants, request_logs
+from pipeline.report_monitoring import Comparison  # what result.json's comparisons are, as the report reads them
 
 if TYPE_CHECKING:  # imported where used: TensorFlow, TFDV and Arrow take seconds, a bad flag should not wait
     import pyarrow as pa
@@ -23,7 +24,6 @@ if TYPE_CHECKING:  # imported where used: TensorFlow, TFDV and Arrow take second
 
 _log = logging.getLogger(__name__)
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # a result directory's name
-SCHEMA_FILE = "schema.pbtxt"  # what ImportSchemaGen writes into its Schema artifact
 TRAIN_SPLIT = "train"
 _RELATIVE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -301,23 +301,11 @@ def metadata_config(workdir: str, metadata_grpc: Optional[str]):
     return sqlite_metadata(path)
 
 
-def _events(store, execution_ids: List[int], kinds) -> List[Any]:
-    return [e for e in store.get_events_by_execution_ids(execution_ids) if e.type in kinds]
-
-
 def _inputs(store, execution) -> Dict[str, List[Any]]:
     """An execution's input artifacts (tfx Artifacts) by input key."""
     from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
-    from tfx.types import artifact_utils  # pylint: disable=g-import-not-at-top
-    events = _events(store, [execution.id], (metadata_store_pb2.Event.INPUT,))
-    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-    kinds = {t.id: t for t in store.get_artifact_types_by_id([a.type_id for a in artifacts.values()])}
-    found: Dict[str, List[Any]] = {}
-    for event in events:
-        artifact = artifacts[event.artifact_id]
-        key = event.path.steps[0].key if event.path.steps else kinds[artifact.type_id].name
-        found.setdefault(key, []).append(artifact_utils.deserialize_artifact(kinds[artifact.type_id], artifact))
-    return found
+    from pipeline.summary import artifacts_by_key  # pylint: disable=g-import-not-at-top
+    return artifacts_by_key(store, execution, (metadata_store_pb2.Event.INPUT,))
 
 
 def _executions_with(store, artifact_id: int, kind) -> List[Any]:
@@ -354,8 +342,8 @@ def find_training(connection, where: str, model: str, version: int) -> TrainingR
     MonitorFailure when ML Metadata or the files it names cannot be read."""
     from ml_metadata import errors  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
     from tfx.orchestration import metadata  # pylint: disable=g-import-not-at-top
+    from tfx.utils import io_utils  # pylint: disable=g-import-not-at-top
     from components.validation import load_statistics  # pylint: disable=g-import-not-at-top
     try:
         with metadata.Metadata(connection) as m:
@@ -364,8 +352,9 @@ def find_training(connection, where: str, model: str, version: int) -> TrainingR
         raise MonitorFailure(f"cannot read ML Metadata ({where}): {first_line(e)}") from e
     try:
         by_split = load_statistics(statistics)
-        schema_proto = tfdv.load_schema_text(os.path.join(schema.uri, SCHEMA_FILE))
-    except (OSError, tf.errors.OpError) as e:
+        # The Schema artifact's one file, found and read as TFX's Trainer does (fn_args_utils).
+        schema_proto = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(schema.uri))
+    except (OSError, RuntimeError, tf.errors.OpError) as e:
         raise MonitorFailure(f"model {model} version {version}: cannot read the training statistics ({statistics.uri}"
                              f") or schema ({schema.uri}) that {where} names: {first_line(e)}") from e
     if TRAIN_SPLIT not in by_split:
@@ -411,14 +400,6 @@ def _training_artifacts(store, where: str, model: str, version: int) -> Tuple[st
 
 
 # --- the comparison ----------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Comparison:
-    """One distance of a feature (skew or drift) against its schema threshold."""
-    distance: float
-    threshold: float
-    found: bool
-
 
 @dataclasses.dataclass
 class Result:

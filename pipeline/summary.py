@@ -199,18 +199,25 @@ def without_beam_suffix(message: str) -> str:
     return re.sub(r" \[while running '[^']*'\]$", "", message.rstrip())
 
 
-def outputs(store, execution) -> Dict[str, types.Artifact]:
-    """An execution's output artifacts by output key (e.g. "model_run"; the type name if an event has no key)."""
-    events = [e for e in store.get_events_by_execution_ids([execution.id])
-              if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+def artifacts_by_key(store, execution, event_types: Tuple[int, ...]) -> Dict[str, List[types.Artifact]]:
+    """An execution's artifacts of these event types (INPUT, OUTPUT, ...) by key (e.g. "model_run"; the type name
+    if an event has no key), in event order."""
+    events = [e for e in store.get_events_by_execution_ids([execution.id]) if e.type in event_types]
     mlmd_artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
     kinds = {t.id: t for t in store.get_artifact_types_by_id([a.type_id for a in mlmd_artifacts.values()])}
-    found = {}
+    found: Dict[str, List[types.Artifact]] = {}
     for event in events:
         artifact = mlmd_artifacts[event.artifact_id]
         key = event.path.steps[0].key if event.path.steps else kinds[artifact.type_id].name
-        found[key] = artifact_utils.deserialize_artifact(kinds[artifact.type_id], artifact)
+        found.setdefault(key, []).append(artifact_utils.deserialize_artifact(kinds[artifact.type_id], artifact))
     return found
+
+
+def outputs(store, execution) -> Dict[str, types.Artifact]:
+    """An execution's output artifacts by output key (the last one of a key)."""
+    found = artifacts_by_key(store, execution, (metadata_store_pb2.Event.OUTPUT,
+                                                metadata_store_pb2.Event.DECLARED_OUTPUT))
+    return {key: artifacts[-1] for key, artifacts in found.items()}
 
 
 def utc(milliseconds: int) -> str:
