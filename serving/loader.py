@@ -14,7 +14,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 from components import constants
 from serving import defaults, inference
 from serving.errors import invalid
-from serving.input_validation import COLUMN, EXAMPLES, Bounds, InputValidator, Plan, Reporter
+from components.schema_bounds import Bounds
+from serving.input_validation import COLUMN, EXAMPLES, InputValidator, Plan, Reporter
 from serving.servable import Servable, SignatureInfo
 
 log = logging.getLogger(__name__)
