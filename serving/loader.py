@@ -12,9 +12,9 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from components import constants
+from components.schema_bounds import Bounds
 from serving import defaults, inference
 from serving.errors import invalid
-from components.schema_bounds import Bounds
 from serving.input_validation import COLUMN, EXAMPLES, InputValidator, Plan, Reporter
 from serving.servable import Servable, SignatureInfo
 
