@@ -456,6 +456,25 @@ def _verdict(skew: Optional[Comparison], drift: Optional[Comparison]) -> str:
         "ok" if skew or drift else "not checked")
 
 
+def _skew_only(skew: "anomalies_pb2.Anomalies") -> "anomalies_pb2.Anomalies":
+    """The skew validation's anomalies without those of the training statistics themselves (TFDV checks them
+    against the schema in the same call; the run's ExampleValidator judged them), so all are the traffic's."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2  # pylint: disable=g-import-not-at-top,redefined-outer-name
+    kept = copy.deepcopy(skew)
+    kept.ClearField("anomaly_info")
+    kept.ClearField("dataset_anomaly_info")  # the training split's; the schema declares no dataset comparator
+    for name, info in skew.anomaly_info.items():
+        reasons = [r for r in info.reason if anomalies_pb2.AnomalyInfo.Type.Name(r.type).startswith("COMPARATOR_")]
+        if reasons:
+            one = kept.anomaly_info[name]
+            one.CopyFrom(info)
+            del one.reason[:]
+            one.reason.extend(reasons)
+            one.description = " ".join(r.description for r in reasons)
+            one.short_description = reasons[0].short_description if len(reasons) == 1 else "Multiple errors"
+    return kept
+
+
 def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic], logs: str,
             since: Optional[datetime.datetime], now: datetime.datetime) -> Result:
     """Skew (TFDV: the training statistics with the window as serving_statistics) and, given a previous window,
@@ -472,7 +491,7 @@ def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic]
         if feature.name == constants.LABEL_KEY:
             feature.ClearField("unique_constraints")
     window = tfdv.validate_statistics(serving, window_schema, previous_statistics=previous_stats)
-    anomalies = copy.deepcopy(skew)
+    anomalies = _skew_only(skew)
     for name, info in window.anomaly_info.items():
         if name in anomalies.anomaly_info:
             anomalies.anomaly_info[name].reason.extend(info.reason)

@@ -270,9 +270,12 @@ def section(monitoring: Monitoring, figure: Callable[[str], str]) -> str:
     names = [figure_name(f.name) for f in monitoring.features] + [_SPECIES_FIGURE]
     parts.append('<div class="figures">' + "".join(figure(name) for name in names) + "</div>")
     if monitoring.anomalies is not None:
-        parts.append("<p>Anomalies (TFDV: the window against the schema's SERVING environment and the comparators' "
-                     "thresholds): " + (f"</p><pre>{e(chr(10).join(monitoring.anomalies))}</pre>"
-                                        if monitoring.anomalies else "none</p>"))
+        parts.append("<p>Anomalies (TFDV: this window's statistics against the schema, its species "
+                     "being the predicted ones and the training-only rule of all three species in a split left "
+                     "out, and against the skew and drift comparators' thresholds; the training data's own "
+                     "anomalies are in the run's data section): "
+                     + (f"</p><pre>{e(chr(10).join(monitoring.anomalies))}</pre>" if monitoring.anomalies
+                        else "none</p>"))
     return "".join(parts) + "</section>"
 
 

@@ -127,6 +127,33 @@ def test_classify_and_multi_inference_logs_merge_the_context_and_take_the_best_c
     assert column(batch, "petal_width") == pytest.approx([0.2]) and predicted[0] == "versicolor"
 
 
+def raw_traffic(rows: List[Dict[str, float]], species: List[str]) -> monitor.Traffic:
+    """Rows as one logged request of raw features, each with its (predicted) species."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    traffic = monitor.Traffic("iris", 1)
+    traffic.add(0, monitor.Parsed([], {k: np.array([[r[k]] for r in rows], "float32") for k in c.FEATURE_KEYS},
+                                  list(species)))
+    return traffic
+
+
+def test_the_anomalies_are_the_traffics_not_the_training_datas():
+    import tensorflow_data_validation as tfdv  # pylint: disable=import-outside-toplevel
+    from tensorflow_metadata.proto.v0 import anomalies_pb2  # pylint: disable=import-outside-toplevel
+    schema = tfdv.load_schema_text(str(pathlib.Path(__file__).parents[1] / c.DEFAULT_SCHEMA))
+    # Training data with a sepal length beyond the schema's bound: the run's own anomaly, not the traffic's.
+    trained = [{**r, "sepal_length": 25.0} if i == 0 else r for i, r in enumerate(ROWS)]
+    training = monitor.TrainingRun("run", "uri", monitor.statistics_of(raw_traffic(trained, SPECIES).record_batch()),
+                                   schema)
+    now = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)
+    result = monitor.compare(raw_traffic(ROWS, SPECIES), training, None, "logs", None, now)
+    assert dict(result.anomalies.anomaly_info) == {} and not result.anomalies.HasField("dataset_anomaly_info")
+    result = monitor.compare(raw_traffic(SHIFTS["x10"][0], SPECIES), training, None, "logs", None, now)
+    reasons = {name: {tfdv_reason.type for tfdv_reason in info.reason}
+               for name, info in result.anomalies.anomaly_info.items()}
+    assert sorted(reasons) == sorted(c.FEATURE_KEYS)  # the skew of each, and the traffic's own broken bound
+    assert anomalies_pb2.AnomalyInfo.FLOAT_TYPE_BIG_FLOAT in reasons["sepal_length"]
+
+
 def write_logs(prefix: pathlib.Path, host: str, opened: datetime.datetime, logs) -> None:
     """A log file as the server names and writes it."""
     path = request_logs.file_name(str(prefix), opened, 1, host=host, pid=1)
