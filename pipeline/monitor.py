@@ -371,14 +371,24 @@ def first_line(error: BaseException) -> str:
     return text.strip().splitlines()[0]
 
 
+def pushes_of(artifacts: List[Any], model: str, version: int) -> List[Any]:
+    """The PushedModel artifacts (MLMD protos) of this version; those pushed to a directory named as the model
+    (`pushed_destination` is <serving dir>/<version>, the serving dir named after the model) when there are any.
+    The name only narrows: a server may serve a directory under any name (its model config's), so a version
+    pushed under another directory name is still that version."""
+    pushed = [a for a in artifacts if a.custom_properties["pushed_version"].string_value == str(version)
+              and a.custom_properties["pushed"].int_value == 1]
+    named = [a for a in pushed if os.path.basename(os.path.dirname(os.path.normpath(
+        a.custom_properties["pushed_destination"].string_value))) == model]
+    return named or pushed
+
+
 def _training_artifacts(store, where: str, model: str, version: int) -> Tuple[str, Any, Any]:
     """The run id, the train statistics artifact and the schema artifact of a pushed version, from ML Metadata;
     MonitorError when one is missing."""
     from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
     output = metadata_store_pb2.Event.OUTPUT
-    pushed = [a for a in store.get_artifacts_by_type("PushedModel")
-              if a.custom_properties["pushed_version"].string_value == str(version)
-              and a.custom_properties["pushed"].int_value == 1]
+    pushed = pushes_of(store.get_artifacts_by_type("PushedModel"), model, version)
     pushers = [e for a in pushed for e in _executions_with(store, a.id, output)]
     if not pushers:
         raise MonitorError(f"model {model} version {version} answered the logged requests, but {where} records "

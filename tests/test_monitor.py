@@ -235,6 +235,23 @@ def test_each_version_ml_metadata_has_no_push_of_is_one_line_and_exit_2(tmp_path
     assert "2 not judged (exit 2)" in captured.out
 
 
+def test_a_version_pushed_under_the_models_name_is_preferred_to_the_same_version_of_another():
+    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=import-outside-toplevel
+
+    def pushed(destination: str, version: int, done: int = 1) -> metadata_store_pb2.Artifact:
+        artifact = metadata_store_pb2.Artifact(uri=destination)
+        artifact.custom_properties["pushed_destination"].string_value = destination
+        artifact.custom_properties["pushed_version"].string_value = str(version)
+        artifact.custom_properties["pushed"].int_value = done
+        return artifact
+    iris, canary = pushed("/m/iris/5", 5), pushed("/m/iris-canary/5/", 5)
+    artifacts = [canary, iris, pushed("/m/iris/6", 6), pushed("/m/iris/5", 5, done=0)]
+    assert monitor.pushes_of(artifacts, "iris", 5) == [iris]
+    assert monitor.pushes_of(artifacts, "iris-canary", 5) == [canary]
+    assert monitor.pushes_of(artifacts, "fisher", 5) == [canary, iris]  # served under another name: the version
+    assert monitor.pushes_of(artifacts, "iris", 7) == []
+
+
 def test_unreachable_metadata_is_one_line_and_exit_3_not_a_verdict(tmp_path):
     write_logs(tmp_path / "iris", "a", datetime.datetime.now(datetime.timezone.utc), [logged(1, time.time(), ROWS[0])])
     result = iris_tfx("monitor", "--logs", str(tmp_path / "iris"), "--metadata_grpc", "127.0.0.1:1",
