@@ -434,20 +434,14 @@ def _measurements(anomalies, field: str) -> Dict[str, Comparison]:
 
 
 def _out_of_domain(batch: "pa.RecordBatch", schema: "schema_pb2.Schema") -> Dict[str, int]:
-    """Values outside each float feature's schema bounds (or not finite): TFDV's anomalies say only that a bound
-    was broken, not how often, and the report and the CronJob's log show how much of the traffic it concerns."""
-    import numpy as np  # pylint: disable=g-import-not-at-top
+    """Values outside each feature's schema bounds by the server's rules (components/schema_bounds: SERVING
+    environment, float32 compare, disallow_nan/inf): TFDV's anomalies say only that a bound was broken, not how
+    often, and the report and the CronJob's log show how much of the traffic it concerns."""
     import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
-    counts = {}
-    for feature in schema.feature:
-        if not feature.HasField("float_domain") or feature.name not in batch.schema.names:
-            continue
-        values = pc.list_flatten(batch.column(feature.name)).to_numpy(zero_copy_only=False).astype("float64")
-        domain = feature.float_domain
-        low = domain.min if domain.HasField("min") else -np.inf
-        high = domain.max if domain.HasField("max") else np.inf
-        counts[feature.name] = int(np.sum(~np.isfinite(values) | (values < low) | (values > high)))
-    return counts
+    from components.schema_bounds import Bounds  # pylint: disable=g-import-not-at-top
+    return Bounds.from_schema(schema).count_out_of_domain(
+        {name: pc.list_flatten(batch.column(name)).to_numpy(zero_copy_only=False)
+         for name in batch.schema.names if name != constants.LABEL_KEY})
 
 
 def _mix(counts: Dict[str, int]) -> Dict[str, float]:

@@ -152,6 +152,10 @@ def test_the_anomalies_are_the_traffics_not_the_training_datas():
                for name, info in result.anomalies.anomaly_info.items()}
     assert sorted(reasons) == sorted(c.FEATURE_KEYS)  # the skew of each, and the traffic's own broken bound
     assert anomalies_pb2.AnomalyInfo.FLOAT_TYPE_BIG_FLOAT in reasons["sepal_length"]
+    assert [f["out_of_domain"] for f in result.data["features"]] == [150, 150, 113, 100]  # x10 above max
+    odd = [{**r, "sepal_length": v} for r, v in zip(ROWS, (float("nan"), float("inf"), 25.0, 20.0, 0.5, 0.49))]
+    result = monitor.compare(raw_traffic(odd, SPECIES), training, None, "logs", None, now)
+    assert [f["out_of_domain"] for f in result.data["features"]] == [4, 0, 0, 0]  # by the server's rules
 
 
 def write_logs(prefix: pathlib.Path, host: str, opened: datetime.datetime, logs) -> None:
