@@ -428,6 +428,23 @@ def test_a_window_with_no_traffic_is_exit_2_and_drift_needs_two_windows(traffic)
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
+def test_a_version_without_a_push_does_not_stop_the_others_being_judged(traffic, tmp_path):
+    prefix = tmp_path / "fisher"
+    for path in request_logs.log_files(str(traffic["root"] / "logs" / "fisher")):
+        shutil.copy(path, tmp_path)
+    unknown = logged(1, time.time(), ROWS[0])
+    unknown.log_metadata.model_spec.name = "fisher"
+    write_logs(prefix, "b", datetime.datetime.now(datetime.timezone.utc), [unknown])  # version 1: pushed by no run
+    result = iris_tfx("monitor", "--logs", str(prefix), "--workdir", str(traffic["workdir"]))
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("iris-tfx: error: model fisher version 1 answered the logged requests, but --workdir ")
+    assert f"Model fisher version {traffic['version']} (run " in result.stdout and "Result: " in result.stdout
+    assert "1 not judged (exit 2)" in result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
 def test_unreadable_statistics_or_results_are_exit_3_with_one_line(traffic, tmp_path):
     from ml_metadata.metadata_store import metadata_store  # pylint: disable=import-outside-toplevel
     from pipeline.config import sqlite_metadata  # pylint: disable=import-outside-toplevel
