@@ -3,6 +3,7 @@ that answered it. SKEW: a window of logged traffic vs the training split's stati
 version (found through ML Metadata); DRIFT: the window vs the previous window of the same length. Both are TFDV's
 validate_statistics with the comparators and thresholds the run's schema declares; results go to
 <workdir>/monitoring/<run id>/<UTC stamp>/ (result.json, the statistics, anomalies.pbtxt) for the run's report."""
+import bisect
 import copy
 import dataclasses
 import datetime
@@ -241,23 +242,31 @@ def parse_log(log: "prediction_log_pb2.PredictionLog") -> Parsed:
 def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[datetime.datetime] = None,
                  ) -> Dict[Tuple[str, int], Traffic]:
     """The logged traffic with start <= time < end (either open), by (model name, version that answered)."""
+    return read_windows(prefix, [start], end)[0]
+
+
+def read_windows(prefix: str, starts: List[Optional[datetime.datetime]], end: Optional[datetime.datetime] = None,
+                 ) -> List[Dict[Tuple[str, int], Traffic]]:
+    """The logged traffic of consecutive windows, [starts[i], starts[i + 1]) and [starts[-1], end) (starts[0] and
+    end may be open), by (model name, version that answered), in one pass over the files."""
     from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
     from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top,redefined-outer-name
-    low = start.timestamp() if start else float("-inf")
+    lows = [s.timestamp() if s else float("-inf") for s in starts]
     high = end.timestamp() if end else float("inf")
-    found: Dict[Tuple[str, int], Traffic] = {}
-    for data in request_logs.read_records(prefix, start):  # only the files that can hold the window
+    windows: List[Dict[Tuple[str, int], Traffic]] = [{} for _ in starts]
+    for data in request_logs.read_records(prefix, starts[0]):  # only the files that can hold the windows
         try:
             log = prediction_log_pb2.PredictionLog.FromString(data)
         except DecodeError as e:  # a whole TFRecord that is not a PredictionLog: not a reason to judge nothing
             _log.warning("%s: skipped a record that is not a PredictionLog (%d bytes): %s", prefix, len(data), e)
             continue
         timestamp = float(log.log_metadata.timestamp_secs)
-        if not low <= timestamp < high:
+        window = bisect.bisect_right(lows, timestamp) - 1
+        if window < 0 or timestamp >= high:
             continue
         spec = log.log_metadata.model_spec
         key = (spec.name, spec.version.value)
-        traffic = found.setdefault(key, Traffic(model=key[0], version=key[1]))
+        traffic = windows[window].setdefault(key, Traffic(model=key[0], version=key[1]))
         try:
             parsed = parse_log(log)
         except Exception as e:  # noqa: BLE001 - one malformed logged request must not hide all the others
@@ -265,7 +274,7 @@ def read_traffic(prefix: str, start: Optional[datetime.datetime], end: Optional[
                          key[0], key[1], e)
             continue
         traffic.add(timestamp, parsed)
-    return found
+    return windows
 
 
 def statistics_of(batch: "pa.RecordBatch") -> "statistics_pb2.DatasetFeatureStatisticsList":
@@ -618,12 +627,12 @@ def monitor(logs: str, workdir: str, metadata_grpc: Optional[str] = None, since:
     if not request_logs.log_files(logs):
         raise MonitorError(f"--logs {logs}: no request log files ({logs}-*{request_logs.SUFFIX}); the server writes "
                            "them when its model config has a logging_config with this filename_prefix")
-    previous_start = start - (now - start) if start else None
-    current = {key: t for key, t in read_traffic(logs, start).items() if t.examples}
+    # With --since, the window and the one of the same length before it (for drift), in one pass.
+    previous, current = read_windows(logs, [start - (now - start), start]) if start else ({}, read_traffic(logs, None))
+    current = {key: t for key, t in current.items() if t.examples}
     if not current:
         window = f"since {start:%Y-%m-%dT%H:%M:%SZ}" if start else "at all"
         raise MonitorError(f"--logs {logs}: no logged examples {window} (files: {len(request_logs.log_files(logs))})")
-    previous = read_traffic(logs, previous_start, start) if start else {}
     connection = metadata_config(workdir, metadata_grpc)
     where = f"the metadata service {metadata_grpc}" if metadata_grpc else f"--workdir {workdir}'s ML Metadata"
     outcome = Outcome([], [])

@@ -188,6 +188,10 @@ def test_traffic_is_grouped_by_version_and_window_and_times_parse(tmp_path):
     assert traffic[("iris", 1)].examples == 1 and traffic[("iris", 2)].records == 2
     assert column(traffic[("iris", 2)].record_batch(), "sepal_length") == pytest.approx([5.0, 5.4])
     assert monitor.read_traffic(str(tmp_path / "iris"), None, start)[("iris", 1)].examples == 3
+    before, after = monitor.read_windows(str(tmp_path / "iris"), [now - datetime.timedelta(hours=3), start])
+    assert sorted(before) == [("iris", 1)] and before[("iris", 1)].examples == 3  # one pass, split by time
+    assert sorted(after) == [("iris", 1), ("iris", 2)] and after[("iris", 1)].examples == 1
+    assert after[("iris", 2)].examples == 2
     assert monitor.parse_since("2026-11-30T11:30:00", now) == now - datetime.timedelta(minutes=30)
     assert monitor.parse_since("2026-11-30T12:30:00+01:00", now) == now - datetime.timedelta(minutes=30)
     for bad, words in (("yesterday", "neither an ISO 8601 time"), ("2027-01-01", "in the future")):
