@@ -453,6 +453,44 @@ def _out_of_domain(batch: "pa.RecordBatch", schema: "schema_pb2.Schema") -> Dict
          for name in batch.schema.names if name != constants.LABEL_KEY})
 
 
+def training_ranges(training: "statistics_pb2.DatasetFeatureStatisticsList") -> Dict[str, Tuple[float, float]]:
+    """Each measurement's [min, max] in the training split, from its TFDV statistics."""
+    import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
+    ranges = {}
+    for name in constants.FEATURE_KEYS:
+        try:
+            stats = tfdv.get_feature_stats(training.datasets[0], tfdv.FeaturePath([name])).num_stats
+        except (ValueError, IndexError):  # not in the training statistics: nothing to compare it with
+            continue
+        ranges[name] = (stats.min, stats.max)
+    return ranges
+
+
+def within_training_range(batch: "pa.RecordBatch", ranges: Dict[str, Tuple[float, float]]
+                          ) -> Tuple["pa.RecordBatch", Dict[str, int]]:
+    """The batch with each measurement clipped to the training split's range, and how many values were beyond it.
+
+    Why: TFDV's Jensen-Shannon divergence compares equal-width histograms spanning each side's own [min, max], so
+    ONE value of 500 among 150 in-distribution rows puts them all in the first bucket (JSD 0.8: "skew"). Compared
+    on the training range, values beyond it weigh what they are, a share of the traffic piled at an edge (all of it
+    for x10 traffic); how far beyond is the schema's bounds' business (out_of_domain)."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import pyarrow as pa  # pylint: disable=g-import-not-at-top
+    import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
+    arrays, beyond = [], {}
+    for name, column in zip(batch.schema.names, batch.columns):
+        if name in ranges and pa.types.is_floating(getattr(column.type, "value_type", pa.null())):
+            low, high = ranges[name]
+            values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):  # NaN stays NaN and is not counted here
+                beyond[name] = int(np.count_nonzero((values < low) | (values > high)))
+                clipped = np.clip(values, low, high).astype(values.dtype)
+            offsets = pc.subtract(column.offsets, column.offsets[0])  # a sliced column's offsets start past 0
+            column = type(column).from_arrays(offsets, pa.array(clipped), mask=column.is_null())
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, batch.schema.names), beyond
+
+
 def _mix(counts: Dict[str, int]) -> Dict[str, float]:
     total = sum(counts.values())
     return {name: count / total for name, count in sorted(counts.items())} if total else {}
@@ -495,15 +533,22 @@ def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic]
     import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
     from components.validation import class_counts  # pylint: disable=g-import-not-at-top
     batch = traffic.record_batch()  # decoded once: the statistics and the out-of-domain counts read it
-    serving = statistics_of(batch)
-    previous_stats = statistics_of(previous.record_batch()) if previous is not None and previous.examples else None
+    ranges = training_ranges(training.statistics)
+    compared, beyond = within_training_range(batch, ranges)
+    serving = statistics_of(compared)  # what the distances compare (within_training_range says why)
+    previous_stats = (statistics_of(within_training_range(previous.record_batch(), ranges)[0])
+                      if previous is not None and previous.examples else None)
     skew = tfdv.validate_statistics(training.statistics, training.schema, serving_statistics=serving)
     # The window's own check: the label's "all three species in a split" is a training-split rule, not traffic's.
     window_schema = copy.deepcopy(training.schema)
     for feature in window_schema.feature:
         if feature.name == constants.LABEL_KEY:
             feature.ClearField("unique_constraints")
-    window = tfdv.validate_statistics(serving, window_schema, previous_statistics=previous_stats)
+    # The schema's own checks see the values as sent (statistics_of(batch)); drift, the clipped windows.
+    window = tfdv.validate_statistics(statistics_of(batch), window_schema)
+    if previous_stats is not None:
+        drift = tfdv.validate_statistics(serving, window_schema, previous_statistics=previous_stats)
+        window.drift_skew_info.extend(drift.drift_skew_info)
     anomalies = _skew_only(skew)
     for name, info in window.anomaly_info.items():
         if name in anomalies.anomaly_info:
@@ -520,7 +565,8 @@ def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic]
         verdict = _verdict(s, d)
         features.append({"name": name, "skew": dataclasses.asdict(s) if s else None,
                          "drift": dataclasses.asdict(d) if d else None,
-                         "out_of_domain": out_of_domain.get(name, 0), "verdict": verdict})
+                         "out_of_domain": out_of_domain.get(name, 0),
+                         "outside_training_range": beyond.get(name, 0), "verdict": verdict})
     species = skews.get(constants.LABEL_KEY)
     mix = {"serving": _mix(class_counts(serving)), "training": _mix(class_counts(training.statistics)),
            "distance": species.distance if species else None, "threshold": species.threshold if species else None,
@@ -585,6 +631,10 @@ def _shout(verdict: str) -> str:
     return verdict if verdict in ("ok", "not checked") else verdict.upper()
 
 
+def _outside(count: int) -> str:
+    return f"; {count} value{'s' if count > 1 else ''} outside the schema's bounds" if count else ""
+
+
 def verdict_lines(result: Result) -> List[str]:
     """One line per feature and one for the species mix, as the command prints them."""
     data = result.data
@@ -594,7 +644,7 @@ def verdict_lines(result: Result) -> List[str]:
     for f in data["features"]:
         lines.append(f"  {f['name']:<13} {_shout(f['verdict']):<12} "
                      f"{_comparison_text('skew', f['skew'], 'JSD')}; {_comparison_text('drift', f['drift'], 'JSD')}"
-                     + (f"; {f['out_of_domain']} values outside the schema's bounds" if f["out_of_domain"] else ""))
+                     + _outside(f["out_of_domain"]))
     mix = data["species_mix"]
     shares = ", ".join(f"{name} {mix['serving'].get(name, 0):.2f} ({mix['training'].get(name, 0):.2f})"
                        for name in constants.CLASS_NAMES)

@@ -158,6 +158,22 @@ def test_the_anomalies_are_the_traffics_not_the_training_datas():
     assert [f["out_of_domain"] for f in result.data["features"]] == [4, 0, 0, 0]  # by the server's rules
 
 
+def test_one_row_in_millimetres_among_fishers_is_counted_not_skew():
+    """TFDV's JSD compares histograms over each side's own range: one 500 would put Fisher's rows in one bucket."""
+    import tensorflow_data_validation as tfdv  # pylint: disable=import-outside-toplevel
+    schema = tfdv.load_schema_text(str(pathlib.Path(__file__).parents[1] / c.DEFAULT_SCHEMA))
+    training = monitor.TrainingRun("run", "uri", monitor.statistics_of(raw_traffic(ROWS, SPECIES).record_batch()),
+                                   schema)
+    now = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)
+    mistyped = ROWS + [{"sepal_length": 500.0, "sepal_width": 300.0, "petal_length": 100.0, "petal_width": 100.0}]
+    result = monitor.compare(raw_traffic(mistyped, SPECIES + SPECIES[:1]), training, None, "logs", None, now)
+    features = result.data["features"]
+    assert [f["verdict"] for f in features] == ["ok"] * 4, features
+    assert [f["out_of_domain"] for f in features] == [1, 1, 1, 1]
+    assert [f["outside_training_range"] for f in features] == [1, 1, 1, 1]
+    assert set(result.anomalies.anomaly_info) == set(c.FEATURE_KEYS)  # the bounds broken, said by TFDV
+
+
 def write_logs(prefix: pathlib.Path, host: str, opened: datetime.datetime, logs) -> None:
     """A log file as the server names and writes it."""
     path = request_logs.file_name(str(prefix), opened, 1, host=host, pid=1)
