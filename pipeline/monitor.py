@@ -544,8 +544,10 @@ def compare(traffic: Traffic, training: TrainingRun, previous: Optional[Traffic]
     for feature in window_schema.feature:
         if feature.name == constants.LABEL_KEY:
             feature.ClearField("unique_constraints")
-    # The schema's own checks see the values as sent (statistics_of(batch)); drift, the clipped windows.
-    window = tfdv.validate_statistics(statistics_of(batch), window_schema)
+    # The schema's own checks see the values as sent; drift, the clipped windows. Nothing clipped (the usual
+    # window): the values as sent are the compared ones, so their statistics are not computed a second time.
+    as_sent = statistics_of(batch) if any(beyond.values()) else serving
+    window = tfdv.validate_statistics(as_sent, window_schema)
     if previous_stats is not None:
         drift = tfdv.validate_statistics(serving, window_schema, previous_statistics=previous_stats)
         window.drift_skew_info.extend(drift.drift_skew_info)
